@@ -1,0 +1,28 @@
+# Two entry points (see README): `make train` runs the main job, `make test` the tests.
+# Both create .venv and install the project on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Offline machines: CIFAR10_LOCAL=path/to/cifar10 imports that copy into DATA_DIR first.
+DATA_DIR ?= $(HOME)/tensorflow_datasets
+CIFAR10_LOCAL ?=
+TRAIN_ARGS ?=
+
+$(BIN)/cifar-train: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+.PHONY: setup train test lint
+setup: $(BIN)/cifar-train
+
+train: setup
+	$(BIN)/cifar-train --preset challenge --data-dir $(DATA_DIR) \
+	  $(if $(CIFAR10_LOCAL),--local-copy $(CIFAR10_LOCAL)) --out runs/challenge $(TRAIN_ARGS)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -1,0 +1,239 @@
+"""Data sources: CIFAR-10 through tfds (downloaded or imported offline) and synthetic data."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.cifar_files import DataError, binary_release, check_bin_folder
+
+__all__ = ["DataError", "Split", "Splits", "import_local_copy", "load_splits"]
+from pipeline.config import DataConfig
+
+DATASET = "cifar10"
+DOWNLOAD_HOST = "www.cs.toronto.edu"  # where tfds's cifar10 builder downloads from
+STATS_FILE = "cifar_pipeline_stats.json"
+
+
+@dataclass(frozen=True)
+class Split:
+    images: np.ndarray  # (N, 32, 32, 3) uint8
+    labels: np.ndarray  # (N,) int32
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Split
+    val: Split
+    test: Split
+    mean: np.ndarray  # (3,) float32, per channel, 0-255 scale, from the training split
+    std: np.ndarray  # (3,) float32
+    class_names: tuple[str, ...]
+
+
+def _tfds():
+    import tensorflow_datasets as tfds  # noqa: PLC0415 - heavy import, only when used
+
+    return tfds
+
+
+def builder(data_dir: str | None):
+    return _tfds().builder(DATASET, data_dir=data_dir)
+
+
+def is_prepared(data_dir: str | None) -> bool:
+    return builder(data_dir).is_prepared()
+
+
+def import_local_copy(src: str, data_dir: str | None, check_digests: bool = True) -> Path:
+    """Builds the standard tfds `cifar10` in `data_dir` from a local copy, with no network.
+
+    tfds's own cifar10 builder runs unchanged; only its download step is pointed at the
+    local folder, so features, splits and counts are what a download would give.
+    Everything is checked before tfds writes, and tfds writes into a temporary folder
+    that it renames when done, so a failure leaves nothing half-made.
+
+    Returns:
+        The prepared dataset folder (`<data_dir>/cifar10/<version>`).
+
+    Raises:
+        DataError: for a missing, truncated or corrupt copy.
+    """
+    tfds = _tfds()
+    b = builder(data_dir)
+    if b.is_prepared():
+        return Path(b.data_dir)
+    with binary_release(src) as root:
+        folder, _ = root
+        check_bin_folder(folder / "cifar-10-batches-bin", check_digests=check_digests)
+        make_manager = b._make_download_manager
+
+        def local_manager(**kwargs):
+            manager = make_manager(**kwargs)
+            manager.download_and_extract = lambda url: os.fspath(folder)
+            return manager
+
+        b._make_download_manager = local_manager
+        b.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    return Path(b.data_dir)
+
+
+def _online(host: str = DOWNLOAD_HOST, timeout: float = 5.0) -> bool:
+    # tfds retries a failed download for minutes; a quick look first gives a fast, clear error.
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def ensure_prepared(cfg: DataConfig) -> None:
+    """Makes tfds `cifar10` available in `cfg.data_dir`: already there, imported, or downloaded.
+
+    Raises:
+        DataError: when it is not there, no local copy is given and no download is possible.
+    """
+    if is_prepared(cfg.data_dir):
+        return
+    if cfg.local_copy:
+        import_local_copy(cfg.local_copy, cfg.data_dir)
+        return
+    where = cfg.data_dir or "tfds's default data dir"
+    fix = (
+        f"run `cifar-data import /path/to/cifar10 --data-dir {cfg.data_dir or 'DIR'}` with a "
+        "folder holding cifar-10-batches-bin/ (or the official .tar.gz), or pass "
+        "--local-copy PATH, or use --synthetic for a dry run"
+    )
+    if not cfg.download:
+        raise DataError(f"CIFAR-10 is not prepared in {where} and downloads are off: {fix}.")
+    if not _online():
+        raise DataError(
+            f"CIFAR-10 is not prepared in {where} and {DOWNLOAD_HOST} is "
+            f"unreachable (no network?): {fix}."
+        )
+    builder(cfg.data_dir).download_and_prepare()
+
+
+def _split_specs(cfg: DataConfig) -> dict[str, str]:
+    n_train, n_val = cfg.train_examples, cfg.val_examples
+    for name, n, most in (
+        ("train", n_train, 50_000),
+        ("val", n_val, 50_000 - n_train),
+        ("test", cfg.test_examples, 10_000),
+    ):
+        if not 0 <= n <= most or (name == "train" and n == 0):
+            raise DataError(
+                f"{name}_examples={n} is out of range: CIFAR-10 has 50,000 training images "
+                f"(shared by train and val) and 10,000 test images; use 1..{most}."
+            )
+    return {
+        "train": f"train[:{n_train}]",
+        "val": f"train[{n_train}:{n_train + n_val}]",
+        "test": f"test[:{cfg.test_examples}]",
+    }
+
+
+def _load_tfds_split(spec: str, data_dir: str | None) -> Split:
+    tfds = _tfds()
+    images, labels = tfds.as_numpy(
+        tfds.load(
+            DATASET,
+            split=spec,
+            data_dir=data_dir,
+            batch_size=-1,
+            as_supervised=True,
+            download=False,
+        )
+    )
+    return Split(images, labels.astype(np.int32))
+
+
+def channel_stats(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of uint8 NHWC images on the 0-255 scale (float64 sums)."""
+    flat = images.reshape(-1, images.shape[-1])
+    mean = np.zeros(flat.shape[1])
+    sq = np.zeros(flat.shape[1])
+    for chunk in np.array_split(flat, max(1, len(flat) // 1_000_000)):
+        c = chunk.astype(np.float64)
+        mean += c.sum(0)
+        sq += (c * c).sum(0)
+    mean /= len(flat)
+    std = np.sqrt(sq / len(flat) - mean**2)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def _cached_stats(train: Split, spec: str, folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    # Stored beside the prepared data, keyed by split, so each run reads rather than recomputes.
+    path = folder / STATS_FILE
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    if spec not in stored:
+        mean, std = channel_stats(train.images)
+        stored[spec] = {"mean": mean.tolist(), "std": std.tolist()}
+        tmp = path.with_suffix(".tmp")
+        try:
+            tmp.write_text(json.dumps(stored, indent=1))
+            tmp.replace(path)
+        except OSError:  # a read-only data dir still trains; it just recomputes next time
+            return mean, std
+    return (
+        np.asarray(stored[spec]["mean"], np.float32),
+        np.asarray(stored[spec]["std"], np.float32),
+    )
+
+
+def synthetic_splits(cfg: DataConfig, seed: int = 0) -> Splits:
+    """CIFAR-shaped uint8 data whose class shows in its colour, so models can learn it."""
+    rng = np.random.default_rng(seed)
+    palette = rng.integers(40, 216, size=(10, 3))
+
+    def make(n):
+        labels = rng.integers(0, 10, size=n).astype(np.int32)
+        noise = rng.normal(0, 40, size=(n, 32, 32, 3))
+        images = np.clip(palette[labels][:, None, None, :] + noise, 0, 255).astype(np.uint8)
+        return Split(images, labels)
+
+    n = cfg.synthetic_examples
+    train = make(min(n, cfg.train_examples))
+    mean, std = channel_stats(train.images)
+    return Splits(
+        train,
+        make(min(n, cfg.val_examples)),
+        make(min(n, cfg.test_examples)),
+        mean,
+        std,
+        tuple(f"class_{i}" for i in range(10)),
+    )
+
+
+def load_splits(cfg: DataConfig, seed: int = 0) -> Splits:
+    """Decodes the train / val / test splits once into memory, with training-split statistics.
+
+    Raises:
+        DataError: when the data is missing (with the command that fixes it) or a split
+            size is out of range.
+    """
+    if cfg.source == "synthetic":
+        return synthetic_splits(cfg, seed)
+    specs = _split_specs(cfg)
+    ensure_prepared(cfg)
+    b = builder(cfg.data_dir)
+    sizes = {"train": cfg.train_examples, "val": cfg.val_examples, "test": cfg.test_examples}
+    empty = Split(np.zeros((0, 32, 32, 3), np.uint8), np.zeros((0,), np.int32))
+    splits = {
+        name: _load_tfds_split(spec, cfg.data_dir) if sizes[name] else empty
+        for name, spec in specs.items()
+    }
+    mean, std = _cached_stats(splits["train"], specs["train"], Path(b.data_dir))
+    return Splits(
+        splits["train"],
+        splits["val"],
+        splits["test"],
+        mean,
+        std,
+        tuple(b.info.features["label"].names),
+    )

@@ -1,0 +1,54 @@
+"""Shared fixtures: seeding, synthetic splits, and the real CIFAR-10 imported once per session."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# CI lays shared/ beside the clone; CIFAR10_LOCAL points elsewhere if needed.
+LOCAL_CIFAR = Path(os.environ.get("CIFAR10_LOCAL", REPO.parent / "shared" / "data" / "cifar10"))
+
+
+@pytest.fixture(autouse=True)
+def seed_everything():
+    random.seed(0)
+    np.random.seed(0)
+    try:
+        import tensorflow as tf
+
+        tf.random.set_seed(0)
+        import keras
+
+        keras.utils.set_random_seed(0)
+    except ImportError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def local_cifar() -> Path:
+    if not (LOCAL_CIFAR / "cifar-10-batches-bin").is_dir():
+        pytest.skip(f"no local CIFAR-10 copy at {LOCAL_CIFAR}")
+    return LOCAL_CIFAR
+
+
+@pytest.fixture(scope="session")
+def cifar_data_dir(local_cifar, tmp_path_factory) -> str:
+    """A tfds data dir with cifar10 imported from the local copy (about 40 s, once)."""
+    from pipeline import data
+
+    data_dir = tmp_path_factory.mktemp("tfds")
+    data.import_local_copy(str(local_cifar), str(data_dir))
+    return str(data_dir)
+
+
+@pytest.fixture(scope="session")
+def synthetic_splits():
+    from pipeline import data
+    from pipeline.config import DataConfig
+
+    return data.synthetic_splits(DataConfig(source="synthetic", synthetic_examples=512), seed=0)

@@ -1,0 +1,45 @@
+import pytest
+
+from pipeline.config import Config, ConfigError, from_dict, override, parse_overrides, to_dict
+
+
+def test_override_parses_types_and_nested_keys():
+    cfg = override(
+        Config(),
+        parse_overrides(
+            [
+                "optim.lr=0.5",
+                "data.augment.translate=2",
+                "train.precision=mixed_bfloat16",
+                "data.data_dir=/x",
+                "model.params.widths=[8,16]",
+            ]
+        ),
+    )
+    assert cfg.optim.lr == 0.5 and isinstance(cfg.optim.lr, float)
+    assert cfg.data.augment.translate == 2
+    assert cfg.train.precision == "mixed_bfloat16"
+    assert cfg.data.data_dir == "/x"
+    assert cfg.model.params == {"widths": [8, 16]}
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match="unknown config key 'optim.lrr'.*optim.lr"):
+        override(Config(), {"optim.lrr": 1})
+
+
+def test_bad_type_and_bad_choice_raise():
+    with pytest.raises(ConfigError, match="train.epochs.*int"):
+        override(Config(), parse_overrides(["train.epochs=ten"]))
+    with pytest.raises(ConfigError, match="one of float32, mixed_bfloat16, mixed_float16"):
+        override(Config(), {"train.precision": "fp8"})
+
+
+def test_round_trip_through_dict():
+    cfg = override(Config(), {"optim.lr": 0.25, "model.params": {"a": 1}})
+    assert from_dict(to_dict(cfg)) == cfg
+
+
+def test_override_needs_key_value():
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["optim.lr"])
