@@ -46,13 +46,12 @@ class OptimConfig:
     lr: float = 1e-2  # peak learning rate, per global batch
     momentum: float = 0.0  # SGD momentum; "nesterov" uses it as Nesterov momentum
     weight_decay: float = 0.0  # decoupled, multiplied by the learning rate each step
-    schedule: str = "constant"  # "constant" | "cosine" | "onecycle" | "triangular"
-    warmup_epochs: float = 0.0  # linear ramp from 0 to lr (cosine / onecycle / triangular)
+    schedule: str = "constant"  # "constant" | "cosine" | "onecycle" (linear up, linear down)
+    warmup_epochs: float = 0.0  # linear ramp from 0 to lr, then the schedule's decay
     final_lr_fraction: float = 0.0  # lr at the last step, as a fraction of the peak
     label_smoothing: float = 0.0  # probability mass spread evenly over all classes
     bias_lr_scale: float = 1.0  # lr multiplier for biases and BN shifts (airbench uses 64)
     ema_decay: float = 0.0  # weight EMA evaluated instead of the raw weights; 0 = off
-    clip_norm: float = 0.0  # global gradient-norm clip; 0 = off
 
 
 @dataclass(frozen=True)
@@ -88,7 +87,7 @@ CHOICES = {
     "data.augment.pad_mode": ("zeros", "reflect"),
     "data.augment.flip": ("none", "random", "alternate"),
     "optim.optimizer": ("sgd", "nesterov", "adam", "adamw"),
-    "optim.schedule": ("constant", "cosine", "onecycle", "triangular"),
+    "optim.schedule": ("constant", "cosine", "onecycle"),
     "train.precision": ("float32", "mixed_bfloat16", "mixed_float16"),
     "train.strategy": ("default", "mirrored", "multi_worker"),
     "train.loop": ("custom", "fit"),

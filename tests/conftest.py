@@ -52,3 +52,28 @@ def synthetic_splits():
     from pipeline.config import DataConfig
 
     return data.synthetic_splits(DataConfig(source="synthetic", synthetic_examples=512), seed=0)
+
+
+def pytest_configure(config):
+    # Two logical CPU devices give MirroredStrategy two replicas; this must happen before
+    # TensorFlow initialises, so it runs before any test.
+    from pipeline.distribute import split_cpu
+
+    split_cpu(2)
+
+
+def tiny_config(**updates):
+    """A config that trains in seconds: synthetic data, a narrow FC, small batches."""
+    from pipeline.config import Config, override
+
+    base = {
+        "data.source": "synthetic",
+        "data.synthetic_examples": 256,
+        "data.batch_size": 32,
+        "data.eval_batch_size": 128,
+        "model.name": "functional_two_layer_fc",
+        "model.params": {"hidden": 64},
+        "optim.lr": 0.01,
+        "train.progress": "none",
+    }
+    return override(Config(), {**base, **updates})

@@ -1,0 +1,31 @@
+"""The notebook's Part IV: the Keras functional API."""
+
+from __future__ import annotations
+
+import keras
+
+from models.keras_layers import convnet_layers, fc_layers
+from models.notebook import CONVNET_LAYERS, CONVNET_RECIPES, FC_HIDDEN, FC_RECIPE
+from models.registry import register
+
+
+def _functional(stack: list, name: str) -> keras.Model:
+    inputs = keras.Input((32, 32, 3))
+    x = inputs
+    for layer in stack:
+        x = layer(x)
+    return keras.Model(inputs, x, name=name)
+
+
+@register("functional_two_layer_fc", FC_RECIPE, "functional API two-layer FC")
+def functional_two_layer_fc(num_classes: int = 10, hidden: int = FC_HIDDEN):
+    return _functional(fc_layers(hidden, num_classes), "functional_two_layer_fc")
+
+
+@register(
+    "functional_three_layer_convnet",
+    CONVNET_RECIPES["functional"],
+    "functional API: conv 16 5x5, conv 32 3x3, dense 10",
+)
+def functional_three_layer_convnet(num_classes: int = 10, layers=CONVNET_LAYERS["functional"]):
+    return _functional(convnet_layers(layers, num_classes), "functional_three_layer_convnet")

@@ -1,0 +1,41 @@
+"""The notebook's Part III: `keras.Model` subclasses."""
+
+from __future__ import annotations
+
+import keras
+
+from models.keras_layers import convnet_layers, fc_layers
+from models.notebook import CONVNET_LAYERS, CONVNET_RECIPES, FC_HIDDEN, FC_RECIPE
+from models.registry import register
+
+
+class Stack(keras.Model):
+    """A subclassed model calling its layers in order, as the notebook's TwoLayerFC does."""
+
+    def __init__(self, stack: list, name: str):
+        super().__init__(name=name)
+        self.stack = stack
+
+    def call(self, x, training=False):
+        for layer in self.stack:
+            x = layer(x)
+        return x
+
+
+def _built(model: keras.Model) -> keras.Model:
+    model(keras.ops.zeros((1, 32, 32, 3)))  # create the weights now, not at the first step
+    return model
+
+
+@register("subclass_two_layer_fc", FC_RECIPE, "keras.Model subclass, Dense 4000 relu, Dense 10")
+def subclass_two_layer_fc(num_classes: int = 10, hidden: int = FC_HIDDEN):
+    return _built(Stack(fc_layers(hidden, num_classes), "subclass_two_layer_fc"))
+
+
+@register(
+    "subclass_three_layer_convnet",
+    CONVNET_RECIPES["subclass"],
+    "keras.Model subclass: conv 32 5x5, conv 16 3x3, dense 10",
+)
+def subclass_three_layer_convnet(num_classes: int = 10, layers=CONVNET_LAYERS["subclass"]):
+    return _built(Stack(convnet_layers(layers, num_classes), "subclass_three_layer_convnet"))

@@ -1,0 +1,62 @@
+"""Optimizer, learning-rate schedule and loss from config; schedules are pure step functions."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import tensorflow as tf
+
+from pipeline.config import OptimConfig
+
+
+def lr_at(step, cfg: OptimConfig, total_steps: int, steps_per_epoch: int):
+    """The learning rate at `step` (0-based): warm-up from 0, then the schedule's decay."""
+    step = tf.cast(step, tf.float32)
+    warmup = float(round(cfg.warmup_epochs * steps_per_epoch))
+    peak, final = cfg.lr, cfg.lr * cfg.final_lr_fraction
+    if cfg.schedule == "constant" and warmup == 0:
+        return tf.fill([], tf.constant(peak, tf.float32))
+    up = peak * tf.minimum(1.0, (step + 1.0) / max(warmup, 1.0))
+    progress = tf.clip_by_value((step - warmup) / max(total_steps - warmup, 1.0), 0.0, 1.0)
+    if cfg.schedule == "cosine":
+        down = final + (peak - final) * 0.5 * (1.0 + tf.cos(math.pi * progress))
+    elif cfg.schedule == "onecycle":  # linear up, linear down (airbench's triangle)
+        down = peak + (final - peak) * progress
+    else:
+        down = tf.fill([], tf.constant(peak, tf.float32))
+    return tf.where(step < warmup, up, down)
+
+
+class Schedule(keras.optimizers.schedules.LearningRateSchedule):
+    def __init__(self, cfg: OptimConfig, total_steps: int, steps_per_epoch: int):
+        self.cfg, self.total_steps, self.steps_per_epoch = cfg, total_steps, steps_per_epoch
+
+    def __call__(self, step):
+        return lr_at(step, self.cfg, self.total_steps, self.steps_per_epoch)
+
+    def get_config(self):
+        return {"total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch}
+
+
+def make_optimizer(cfg: OptimConfig, total_steps: int, steps_per_epoch: int):
+    lr = Schedule(cfg, total_steps, steps_per_epoch)
+    common = {"learning_rate": lr, "weight_decay": cfg.weight_decay or None}
+    if cfg.optimizer in ("sgd", "nesterov"):
+        return keras.optimizers.SGD(
+            momentum=cfg.momentum, nesterov=cfg.optimizer == "nesterov", **common
+        )
+    if cfg.optimizer == "adam":
+        return keras.optimizers.Adam(**common)
+    return keras.optimizers.AdamW(**{**common, "weight_decay": cfg.weight_decay})
+
+
+def cross_entropy(
+    labels: tf.Tensor, logits: tf.Tensor, num_classes: int, smoothing: float = 0.0
+) -> tf.Tensor:
+    """Per-example softmax cross-entropy in float32, with optional label smoothing."""
+    logits = tf.cast(logits, tf.float32)
+    if smoothing == 0.0:
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    target = tf.one_hot(labels, num_classes) * (1.0 - smoothing) + smoothing / num_classes
+    return tf.nn.softmax_cross_entropy_with_logits(target, logits)

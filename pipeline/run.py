@@ -1,0 +1,152 @@
+"""One training run from a Config: data, strategy, model, the loop, and the run's outputs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from pipeline import data, distribute, loop, optim, precision
+from pipeline.config import Config, to_dict
+from pipeline.input import Inputs, make_inputs
+
+
+class RunError(ValueError):
+    """A run's settings do not fit together; the message says which and how to fix it."""
+
+
+def build(cfg: Config, strategy: tf.distribute.Strategy):
+    from models.registry import build_model  # noqa: PLC0415 - models import keras layers
+
+    with strategy.scope(), precision.policy_scope(cfg.train.precision):
+        return build_model(cfg.model)
+
+
+def prepare(cfg: Config) -> tuple[tf.distribute.Strategy, Inputs]:
+    """Strategy first (it may split the CPU, which must precede any TF op), then data."""
+    strategy = distribute.make_strategy(cfg.train)
+    keras.utils.set_random_seed(cfg.train.seed)
+    splits = data.load_splits(cfg.data, seed=cfg.train.seed)
+    return strategy, make_inputs(splits, cfg.data, cfg.train.seed)
+
+
+def train(cfg: Config, log=print, callbacks=None) -> dict:
+    """Trains `cfg.model.name` as configured; writes config/metrics under `cfg.train.out_dir`.
+
+    Returns:
+        metrics.json's content.
+    """
+    wall = time.perf_counter()
+    strategy, inputs = prepare(cfg)
+    out = Path(cfg.train.out_dir) if cfg.train.out_dir else None
+    chief = distribute.is_chief(strategy)
+    if out and chief:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    model = build(cfg, strategy)
+    log(
+        f"{cfg.model.name}: {_count_params(model):,} parameters, {strategy.num_replicas_in_sync}"
+        f" replica(s), {cfg.train.precision}, {inputs.steps_per_epoch} steps/epoch of "
+        f"{cfg.data.batch_size}"
+    )
+    if cfg.train.loop == "fit":
+        result = fit_with_keras(model, inputs, cfg, strategy, log)
+    else:
+        result = loop.fit(model, inputs, cfg, strategy, callbacks=callbacks, log=log)
+    metrics = {
+        "model": cfg.model.name,
+        "loop": cfg.train.loop,
+        "precision": cfg.train.precision,
+        "replicas": strategy.num_replicas_in_sync,
+        "seed": cfg.train.seed,
+        **result,
+        "wall_seconds": time.perf_counter() - wall,
+    }
+    if out and chief:
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _count_params(model) -> int:
+    return int(
+        sum(
+            v.shape.num_elements() if hasattr(v.shape, "num_elements") else int(tf.size(v))
+            for v in model.trainable_variables
+        )
+    )
+
+
+def fit_with_keras(model, inputs: Inputs, cfg: Config, strategy, log=print) -> dict:
+    """The same model, data and optimizer through `model.compile` + `model.fit`, for comparison
+    with the project's loop (the notebook does both). Keras's loop, not a second one of ours."""
+    if not isinstance(model, keras.Model):
+        raise RunError(
+            f"--loop fit needs a keras.Model; {cfg.model.name} is a tf.Module "
+            "(a low-level variant): use --loop custom."
+        )
+    if cfg.data.augment_on_device or cfg.train.tta != "none":
+        raise RunError("--loop fit supports neither augment_on_device nor tta: use --loop custom")
+    steps = inputs.steps_per_epoch
+    if cfg.train.steps_per_epoch:
+        steps = min(steps, cfg.train.steps_per_epoch)
+    with strategy.scope():
+        optimizer = precision.wrap_optimizer(
+            optim.make_optimizer(cfg.optim, steps * cfg.train.epochs, steps), cfg.train.precision
+        )
+        model.compile(
+            optimizer=optimizer,
+            loss=_loss(cfg),
+            metrics=["accuracy"],
+        )
+    train_ds = inputs.train_dataset_fn(0, cfg.train.epochs)(None)
+    has_val = len(inputs.splits.val.labels) > 0
+    t0 = time.perf_counter()
+    keras_history = model.fit(
+        train_ds,
+        epochs=cfg.train.epochs,
+        steps_per_epoch=steps,
+        validation_data=inputs.eval_dataset("val") if has_val else None,
+        verbose=2 if cfg.train.progress != "none" else 0,
+    )
+    seconds = time.perf_counter() - t0
+    h = keras_history.history
+    history = [
+        {
+            "epoch": e + 1,
+            "train_loss": h["loss"][e],
+            "train_accuracy": h["accuracy"][e],
+            **(
+                {"val_loss": h["val_loss"][e], "val_accuracy": h["val_accuracy"][e]}
+                if has_val
+                else {}
+            ),
+            "seconds": seconds / cfg.train.epochs,
+        }
+        for e in range(cfg.train.epochs)
+    ]
+    result = {
+        "history": history,
+        "train_images_per_second": steps * cfg.train.epochs * cfg.data.batch_size / seconds,
+    }
+    if has_val:
+        result["val_accuracy"] = history[-1]["val_accuracy"]
+    if len(inputs.splits.test.labels):
+        test_loss, test_acc = model.evaluate(inputs.eval_dataset("test"), verbose=0)
+        result.update(test_loss=test_loss, test_accuracy=test_acc)
+    return result
+
+
+def _loss(cfg: Config):
+    # The loop's own loss function, so both loops optimise the same objective.
+    def loss(y, logits):
+        return optim.cross_entropy(
+            tf.cast(tf.reshape(y, [-1]), tf.int32),
+            logits,
+            cfg.model.num_classes,
+            cfg.optim.label_smoothing,
+        )
+
+    return loss

@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models import registry
+from pipeline import data, loop, optim, precision
+from pipeline import input as inputs_lib
+from pipeline.config import ModelConfig
+from tests.conftest import tiny_config
+
+NOTEBOOK = [
+    "lowlevel_two_layer_fc",
+    "lowlevel_three_layer_convnet",
+    "subclass_two_layer_fc",
+    "subclass_three_layer_convnet",
+    "sequential_two_layer_fc",
+    "sequential_three_layer_convnet",
+    "functional_two_layer_fc",
+    "functional_three_layer_convnet",
+]
+
+
+def test_every_notebook_variant_is_registered():
+    assert set(NOTEBOOK) <= set(registry.names())
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_model_gives_logits_from_zeros(name):
+    model = registry.build_model(ModelConfig(name=name))
+    logits = model(tf.zeros((64, 32, 32, 3)), training=False)
+    assert logits.shape == (64, 10)  # the notebook's shape check
+    assert np.isfinite(logits.numpy()).all()
+
+
+@pytest.mark.parametrize("name", registry.names())
+def test_a_few_steps_on_one_batch_lower_the_loss(name):
+    cfg = tiny_config(
+        **{
+            "model.name": name,
+            "model.params": {},
+            "data.batch_size": 64,
+            "data.synthetic_examples": 64,
+            "optim.optimizer": "sgd",
+            "optim.momentum": 0.0,
+            "optim.lr": 1e-3,
+        }
+    )
+    splits = data.load_splits(cfg.data)
+    inputs = inputs_lib.make_inputs(splits, cfg.data, 0)
+    strategy = tf.distribute.get_strategy()
+    with precision.policy_scope("float32"):
+        model = registry.build_model(cfg.model)
+    opt = optim.make_optimizer(cfg.optim, 10, 1)
+    step = loop.make_train_step(model, opt, inputs, cfg, strategy)
+    it = iter(inputs.train_dataset_fn(0, 10)())
+    losses = []
+    for _ in range(6):
+        total = step(it, tf.constant(1)).numpy()
+        losses.append(total[0] / total[2])
+    assert np.isfinite(losses).all()
+    assert losses[-1] < losses[0]
+
+
+def test_unknown_and_duplicate_names_raise():
+    with pytest.raises(registry.UnknownModelError, match="known models: .*functional_two_layer_fc"):
+        registry.build_model(ModelConfig(name="resnet9000"))
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register("functional_two_layer_fc")(lambda num_classes: None)
+    with pytest.raises(registry.UnknownModelError, match="bad model.params"):
+        registry.build_model(ModelConfig(name="functional_two_layer_fc", params={"depth": 3}))
+
+
+def test_builders_follow_the_policy_scope():
+    with precision.policy_scope("mixed_bfloat16"):
+        fc = registry.build_model(ModelConfig(name="lowlevel_two_layer_fc", params={"hidden": 8}))
+        seq = registry.build_model(
+            ModelConfig(name="sequential_two_layer_fc", params={"hidden": 8})
+        )
+    assert fc(tf.zeros((2, 32, 32, 3))).dtype == tf.bfloat16
+    assert seq(tf.zeros((2, 32, 32, 3))).dtype == tf.bfloat16
+    assert fc.params[0].dtype == tf.float32, "parameters stay float32"
+    plain = registry.build_model(ModelConfig(name="sequential_two_layer_fc", params={"hidden": 8}))
+    assert plain(tf.zeros((2, 32, 32, 3))).dtype == tf.float32, "the scope does not leak"
