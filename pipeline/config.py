@@ -35,7 +35,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "three_layer_convnet_functional"  # a name in models.registry
+    name: str = "functional_three_layer_convnet"  # a name in models.registry
     num_classes: int = 10
     params: dict = field(default_factory=dict)  # builder keyword arguments (see the model file)
 

@@ -42,6 +42,9 @@ class Schedule(keras.optimizers.schedules.LearningRateSchedule):
 def make_optimizer(cfg: OptimConfig, total_steps: int, steps_per_epoch: int):
     lr = Schedule(cfg, total_steps, steps_per_epoch)
     common = {"learning_rate": lr, "weight_decay": cfg.weight_decay or None}
+    if cfg.ema_decay:
+        # Weights' EMA kept by the optimizer; swapped in by `finalize_variable_values`.
+        common.update(use_ema=True, ema_momentum=cfg.ema_decay)
     if cfg.optimizer in ("sgd", "nesterov"):
         return keras.optimizers.SGD(
             momentum=cfg.momentum, nesterov=cfg.optimizer == "nesterov", **common

@@ -11,18 +11,30 @@ import tensorflow as tf
 
 from pipeline import data, distribute, loop, optim, precision
 from pipeline.config import Config, to_dict
-from pipeline.input import Inputs, make_inputs
+from pipeline.data import Split
+from pipeline.input import Inputs, make_inputs, notebook_preprocess
 
 
 class RunError(ValueError):
     """A run's settings do not fit together; the message says which and how to fix it."""
 
 
-def build(cfg: Config, strategy: tf.distribute.Strategy):
-    from models.registry import build_model  # noqa: PLC0415 - models import keras layers
+WHITENING_IMAGES = 5_000  # training images whose 2x2 patches set a whitening stem
+
+
+def build(cfg: Config, strategy: tf.distribute.Strategy, inputs: Inputs | None = None):
+    """The model under the strategy and precision scopes; data-initialised parts set from
+    the training split when `inputs` is given (a patch-whitening stem)."""
+    from models.custom_convnet import whiten_stem  # noqa: PLC0415 - models import keras
+    from models.registry import build_model  # noqa: PLC0415
 
     with strategy.scope(), precision.policy_scope(cfg.train.precision):
-        return build_model(cfg.model)
+        model = build_model(cfg.model)
+        if inputs is not None and isinstance(model, keras.Model):
+            train = inputs.splits.train
+            sample = Split(train.images[:WHITENING_IMAGES], train.labels[:WHITENING_IMAGES])
+            whiten_stem(model, notebook_preprocess(sample, inputs.splits.mean, inputs.splits.std))
+        return model
 
 
 def prepare(cfg: Config) -> tuple[tf.distribute.Strategy, Inputs]:
@@ -46,7 +58,7 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
     if out and chief:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
-    model = build(cfg, strategy)
+    model = build(cfg, strategy, inputs)
     log(
         f"{cfg.model.name}: {_count_params(model):,} parameters, {strategy.num_replicas_in_sync}"
         f" replica(s), {cfg.train.precision}, {inputs.steps_per_epoch} steps/epoch of "

@@ -35,8 +35,10 @@ def parse(argv=None) -> argparse.Namespace:
     pipe.add_argument("--json", metavar="OUT", help="write the results here")
     train = sub.add_parser("train", help="training images/s")
     add_data_args(train)
-    train.add_argument("--model", default="three_layer_convnet_functional")
-    train.add_argument("--precision", default="float32")
+    train.add_argument("--model", default="functional_three_layer_convnet")
+    train.add_argument(
+        "--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"]
+    )
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--steps", type=int, default=200, help="timed steps per contender")
     train.add_argument("--repeats", type=int, default=3)
@@ -96,14 +98,55 @@ def bench_pipeline(args) -> dict:
     }
 
 
+def bench_train(args) -> dict:
+    from pipeline import presets  # noqa: PLC0415
+
+    cfg = override(
+        presets.for_model(args.model),
+        {
+            **data_overrides(args),
+            "data.batch_size": args.batch_size,
+            "train.precision": args.precision,
+            "train.progress": "none",
+        },
+    )
+    results = benchmark.training_throughput(cfg, args.steps, args.repeats)
+    for name, r in results.items():
+        print(
+            f"{name:6s} {r['median']:>9,.0f} images/s  (runs: "
+            + ", ".join(f"{v:,.0f}" for v in r["runs"])
+            + ")",
+            flush=True,
+        )
+    naive = results["naive"]["median"]
+    ratios = {
+        f"loop_over_{k}": results["loop"]["median"] / v["median"]
+        for k, v in results.items()
+        if k != "loop"
+    }
+    print("  ".join(f"{k} = {v:.2f}x" for k, v in ratios.items()))
+    return {
+        **{k: v["median"] for k, v in results.items()},
+        "runs": {k: v["runs"] for k, v in results.items()},
+        **ratios,
+        "settings": {
+            "model": args.model,
+            "precision": args.precision,
+            "batch_size": args.batch_size,
+            "steps_per_pass": args.steps,
+            "repeats": args.repeats,
+            "source": cfg.data.source,
+            "naive_images_per_second": naive,
+        },
+    }
+
+
 @run_cli
 def main() -> None:
     args = parse()
     if args.command == "pipeline":
         result = bench_pipeline(args)
     else:
-        from scripts.bench_train import bench_train  # noqa: PLC0415
-
         result = bench_train(args)
     if args.json:
         write_json(args.json, result)

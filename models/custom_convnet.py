@@ -1,0 +1,135 @@
+"""The open challenge: one configurable convnet family (airbench-style by default).
+
+Stages of conv-pool-BN-activation blocks, widths and depth per stage from a table, an
+optional frozen 2x2 patch-whitening stem initialised from training data, residual
+connections, global average/max pooling or flatten, dropout and a scaled linear head.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from models.registry import register
+
+# Sizes by name, as nanoGPT's table of model sizes; `widths` overrides.
+SIZES = {
+    "airbench94": (64, 256, 256),  # the fastest published 94% CIFAR-10 net
+    "small": (32, 64, 128),
+    "tiny": (16, 32, 64),
+}
+
+WHITEN_PATCH = 2  # px; the stem's kernel
+WHITEN_EIGEN = 12  # 2*2*3 patch dimensions; the stem has +/- each eigenvector: 24 channels
+
+
+def _activation(name: str):
+    return keras.layers.Activation({"gelu": "gelu", "relu": "relu"}[name])
+
+
+def _bn(batch_norm: bool, frozen_scale: bool, momentum: float, name: str):
+    if not batch_norm:
+        return None
+    # airbench freezes BN's scale at 1 and learns only its shift.
+    return keras.layers.BatchNormalization(
+        momentum=momentum, epsilon=1e-12, center=True, scale=not frozen_scale, name=name
+    )
+
+
+@register(
+    "custom_convnet",
+    recipe={"data.batch_size": 512, "train.epochs": 10},
+    doc="open challenge: configurable conv-pool-BN stages (airbench94 by default)",
+)
+def custom_convnet(
+    num_classes: int = 10,
+    size: str = "airbench94",
+    widths: list[int] | None = None,  # per stage; overrides `size`
+    depth: int = 2,  # convs per stage
+    kernel_size: int = 3,
+    stem: str = "whiten",  # "whiten" (frozen 2x2, set by `whiten_stem`) | "conv" | "none"
+    batch_norm: bool = True,
+    frozen_bn_scale: bool = True,
+    bn_momentum: float = 0.4,  # Keras convention: weight of the running value (PyTorch 0.6)
+    pool: str = "max",  # "max" | "avg": halves each stage's resolution
+    residual: bool = False,  # add a skip around each stage's later convs
+    head: str = "max",  # "max" | "avg" (global pooling) | "flatten"
+    dropout: float = 0.0,
+    activation: str = "gelu",
+    logit_scale: float = 1 / 9,  # airbench scales logits down; keeps early softmax soft
+):
+    widths = list(widths or SIZES[size])
+    inputs = keras.Input((32, 32, 3))
+    x = inputs
+    if stem == "whiten":
+        # Frozen conv; its kernel is set from data by `whiten_stem`, its bias learns.
+        x = keras.layers.Conv2D(2 * WHITEN_EIGEN, WHITEN_PATCH, padding="valid", name="whiten")(x)
+        x = _activation(activation)(x)
+    elif stem == "conv":
+        x = keras.layers.Conv2D(widths[0] // 2, 3, padding="same", use_bias=False, name="stem")(x)
+        x = _activation(activation)(x)
+    for s, width in enumerate(widths):
+        for d in range(depth):
+            y = keras.layers.Conv2D(
+                width, kernel_size, padding="same", use_bias=False, name=f"stage{s}_conv{d}"
+            )(x)
+            if d == 0:
+                y = (keras.layers.MaxPooling2D if pool == "max" else keras.layers.AveragePooling2D)(
+                    2, name=f"stage{s}_pool"
+                )(y)
+            bn = _bn(batch_norm, frozen_bn_scale, bn_momentum, f"stage{s}_bn{d}")
+            y = bn(y) if bn is not None else y
+            y = _activation(activation)(y)
+            x = keras.layers.Add()([x, y]) if residual and d > 0 else y
+    if head == "flatten":
+        x = keras.layers.Flatten()(x)
+    else:
+        x = (
+            keras.layers.GlobalMaxPooling2D
+            if head == "max"
+            else keras.layers.GlobalAveragePooling2D
+        )()(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout)(x)
+    logits = keras.layers.Dense(num_classes, use_bias=False, name="head")(x)
+    if logit_scale != 1:
+        logits = keras.layers.Rescaling(logit_scale, name="logit_scale")(logits)
+    model = keras.Model(inputs, logits, name="custom_convnet")
+    if stem == "whiten":
+        model.get_layer("whiten").kernel.trainable = False
+    return model
+
+
+def whitening_kernel(images: np.ndarray, eps: float = 5e-4) -> np.ndarray:
+    """A 2x2 conv kernel (2, 2, 3, 24) that whitens 2x2 patches of `images`.
+
+    Eigenvectors of the patch covariance, each scaled by 1/sqrt(eigenvalue + eps), with
+    its negative beside it (so a following GELU/ReLU keeps both signs).
+
+    Args:
+        images: (N, 32, 32, 3) normalised float images (airbench uses 5,000).
+    """
+    x = np.asarray(images, np.float64)
+    n, h, w, c = x.shape
+    p = WHITEN_PATCH
+    patches = np.stack(
+        [x[:, i : h - p + 1 + i, j : w - p + 1 + j, :] for i in range(p) for j in range(p)], axis=3
+    )  # (N, H', W', 4, C)
+    patches = patches.reshape(-1, p * p * c)
+    patches -= patches.mean(axis=0)
+    cov = patches.T @ patches / len(patches)
+    eigenvalues, eigenvectors = np.linalg.eigh(cov)
+    filters = eigenvectors.T[::-1] / np.sqrt(eigenvalues[::-1, None] + eps)  # (12, 12)
+    filters = np.concatenate([filters, -filters])  # (24, 12)
+    # Patch layout (i, j, c) -> conv kernel (i, j, c, out).
+    return filters.reshape(2 * WHITEN_EIGEN, p, p, c).transpose(1, 2, 3, 0).astype(np.float32)
+
+
+def whiten_stem(model: keras.Model, normalised_images: np.ndarray) -> bool:
+    """Sets the whitening stem's kernel from data; False when the model has no such stem."""
+    try:
+        layer = model.get_layer("whiten")
+    except ValueError:
+        return False
+    layer.kernel.assign(whitening_kernel(normalised_images))
+    return True

@@ -1,0 +1,133 @@
+"""cifar-tune: keras-tuner search of custom_convnet through the project's one loop.
+
+  cifar-tune --tuner hyperband --max-epochs 9 --train-examples 10000 --data-dir DIR --out runs/search
+  cifar-tune report --out runs/search      # report.md + PNGs: the "describe your experiments"
+  cifar-tune retrain --out runs/search     # train best.json's config for the full budget
+  cifar-tune ... --local-workers 2         # keras-tuner chief + 2 workers on loopback
+
+Rerunning a search on the same --out resumes it (finished trials are not rerun);
+--overwrite starts afresh. On a cluster, run the same command on every machine with
+KERASTUNER_TUNER_ID ("chief" on one, "tuner0", "tuner1", ... on the others),
+KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT (the chief's address) set; --out must
+be a shared folder. Outputs: best.json, leaderboard.md, histories/, search/ (keras-tuner).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pipeline.config import CHOICES, Config, override, parse_overrides
+from scripts.common import add_data_args, data_overrides, run_cli
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="cifar-tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("action", nargs="?", default="search", choices=["search", "report", "retrain"])
+    p.add_argument("--tuner", default="hyperband", choices=["hyperband", "bayesian", "random"])
+    p.add_argument("--max-trials", type=int, default=10, help="bayesian / random")
+    p.add_argument(
+        "--max-epochs",
+        type=int,
+        default=9,
+        help="hyperband: most epochs a trial gets; others: epochs per trial",
+    )
+    p.add_argument("--precision", choices=CHOICES["train.precision"], default="float32")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--out", default="runs/search")
+    p.add_argument("--overwrite", action="store_true", help="discard a previous search in --out")
+    p.add_argument(
+        "--local-workers",
+        type=int,
+        default=0,
+        help="distributed search: keras-tuner chief + N workers on loopback",
+    )
+    p.add_argument("--epochs", type=int, help="retrain: epochs (default: the challenge's 10)")
+    p.add_argument("--seed", type=int, default=0)
+    add_data_args(p)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any base config field",
+    )
+    return p.parse_args(argv)
+
+
+def base_config(args) -> Config:
+    from pipeline import presets  # noqa: PLC0415
+
+    cfg = override(
+        presets.get("challenge"),
+        {
+            **data_overrides(args),
+            "train.precision": args.precision,
+            "train.epochs": args.max_epochs,
+            "data.batch_size": args.batch_size,
+            "train.seed": args.seed,
+            "train.progress": "none",
+            "train.tta": "none",
+        },
+    )
+    return override(cfg, parse_overrides(args.set))
+
+
+@run_cli
+def main() -> int:
+    args = parse()
+    if args.action == "report":
+        from tuning.report import write_report  # noqa: PLC0415
+
+        print(f"wrote {write_report(args.out)}")
+        return 0
+    if args.action == "retrain":
+        return retrain(args)
+    if args.local_workers:
+        from tuning.search import local_search  # noqa: PLC0415
+
+        return local_search(args.local_workers, sys.argv[1:])
+    from tuning.search import search  # noqa: PLC0415
+
+    best = search(
+        base_config(args), args.tuner, args.out, args.max_trials, args.max_epochs, args.overwrite
+    )
+    if best:
+        print(
+            f"best trial {best['trial_id']}: val accuracy {best['val_accuracy']:.4f} "
+            f"({best['finished_trials']} trials) -> {args.out}/best.json"
+        )
+    return 0
+
+
+def retrain(args) -> int:
+    from pathlib import Path  # noqa: PLC0415
+
+    from pipeline import run  # noqa: PLC0415
+    from pipeline.config import from_dict  # noqa: PLC0415
+
+    best_path = Path(args.out) / "best.json"
+    if not best_path.is_file():
+        raise ValueError(f"{best_path} does not exist: run `cifar-tune --out {args.out}` first")
+    cfg = from_dict(json.loads(best_path.read_text())["config"])
+    cfg = override(
+        cfg,
+        {
+            **data_overrides(args),
+            "train.epochs": args.epochs or 10,
+            "train.tta": "flip_translate",
+            "train.progress": "auto",
+            "train.out_dir": str(Path(args.out) / "retrain-best"),
+        },
+    )
+    cfg = override(cfg, parse_overrides(args.set))
+    metrics = run.train(cfg)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

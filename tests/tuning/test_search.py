@@ -1,0 +1,133 @@
+import json
+import os
+import subprocess
+import sys
+
+import keras_tuner as kt
+import pytest
+
+from models import registry
+from tests.conftest import REPO, tiny_config
+from tuning import report, search
+from tuning.hypermodel import config_for
+
+TINY_SEARCH = [
+    "--synthetic",
+    "--set",
+    "data.synthetic_examples=256",
+    "--batch-size",
+    "64",
+    "--set",
+    "data.val_examples=128",
+    "--set",
+    "model.params.size=tiny",
+]
+
+
+def _random_values(seed):
+    hp = kt.HyperParameters()
+    config_for(tiny_config(**{"model.params": {}}), hp)  # registers the space
+    space = kt.oracles.RandomSearchOracle(
+        objective="val_accuracy", max_trials=1, seed=seed, hyperparameters=hp
+    )
+    values = space.populate_space("t")["values"]
+    out = kt.HyperParameters()
+    out.merge(hp)
+    for k, v in values.items():
+        out.values[k] = v
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_hypermodel_space_builds_valid_models(seed):
+    import tensorflow as tf
+
+    cfg = config_for(tiny_config(**{"model.params": {}}), _random_values(seed))
+    model = registry.build_model(cfg.model)
+    assert model(tf.zeros((2, 32, 32, 3))).shape == (2, 10)
+    assert cfg.optim.lr > 0 and cfg.model.name == "custom_convnet"
+
+
+def _tune(*args, env=None, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "scripts.tune", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+    )
+
+
+@pytest.mark.slow
+def test_search_writes_best_resumes_and_reports(tmp_path):
+    out = str(tmp_path / "s")
+    args = [
+        "--tuner",
+        "random",
+        "--max-trials",
+        "2",
+        "--max-epochs",
+        "1",
+        "--out",
+        out,
+        *TINY_SEARCH,
+    ]
+    first = _tune(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    best = json.loads((tmp_path / "s" / "best.json").read_text())
+    assert best["finished_trials"] == 2 and 0 <= best["val_accuracy"] <= 1
+    assert best["config"]["model"]["name"] == "custom_convnet"
+    again = _tune(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[trial" not in again.stdout, "finished trials are not rerun"
+    assert json.loads((tmp_path / "s" / "best.json").read_text())["trial_id"] == best["trial_id"]
+    rep = _tune("report", "--out", out)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    text = (tmp_path / "s" / "report.md").read_text()
+    assert "## Leaderboard" in text and "per hyperparameter" in text
+    assert (tmp_path / "s" / "accuracy_vs_hyperparameters.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_distributed_search_with_two_local_workers(tmp_path):
+    out = tmp_path / "d"
+    done = _tune(
+        "--tuner",
+        "random",
+        "--max-trials",
+        "3",
+        "--max-epochs",
+        "1",
+        "--out",
+        str(out),
+        "--local-workers",
+        "2",
+        *TINY_SEARCH,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    best = json.loads((out / "best.json").read_text())
+    assert best["finished_trials"] == 3
+    histories = sorted(p.name for p in (out / "histories").iterdir())
+    assert len(histories) == 3, "each trial ran once across the workers"
+
+
+def test_report_ranks_hyperparameters(tmp_path):
+    trials = [
+        {"trial_id": str(i), "score": s, "values": {"pool": p, "lr": lr}, "history": []}
+        for i, (s, p, lr) in enumerate(
+            [
+                (0.9, "max", 0.1),
+                (0.8, "max", 0.05),
+                (0.5, "avg", 0.3),
+                (0.4, "avg", 0.4),
+                (0.85, "max", 0.08),
+            ]
+        )
+    ]
+    effects = report.hyperparameter_effects(trials)
+    assert effects["pool"]["by_value"]["max"]["mean"] == pytest.approx(0.85)
+    assert effects["lr"]["spearman"] == pytest.approx(-0.6)  # 1 - 6 * 32 / (5 * 24)
+    with pytest.raises(ValueError, match="no finished trial"):
+        report.write_report(str(tmp_path))
+    assert search.OBJECTIVE.name == "val_accuracy"

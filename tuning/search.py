@@ -1,0 +1,124 @@
+"""Architecture search with keras-tuner: tuners, resume, best.json, leaderboard, and
+keras-tuner's own chief/worker distribution (locally on loopback with `local_search`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras_tuner as kt
+
+from pipeline.config import Config, to_dict
+from tuning.hypermodel import CustomConvNetHyperModel, config_for
+
+PROJECT = "search"  # keras-tuner's project folder inside --out
+OBJECTIVE = kt.Objective("val_accuracy", direction="max")
+
+
+class SearchError(ValueError):
+    pass
+
+
+def make_tuner(
+    kind: str, hypermodel, out: Path, max_trials: int, max_epochs: int, overwrite: bool, seed: int
+):
+    common = {
+        "objective": OBJECTIVE,
+        "directory": str(out),
+        "project_name": PROJECT,
+        "overwrite": overwrite,
+        "seed": seed,
+    }
+    if kind == "hyperband":
+        # Hyperband's budget is epochs, not trials: it starts many short trials and
+        # continues the best ones (factor 3), so bad trials stop early.
+        return kt.Hyperband(
+            hypermodel, max_epochs=max_epochs, factor=3, hyperband_iterations=1, **common
+        )
+    if kind == "bayesian":
+        return kt.BayesianOptimization(hypermodel, max_trials=max_trials, **common)
+    if kind == "random":
+        return kt.RandomSearch(hypermodel, max_trials=max_trials, **common)
+    raise SearchError(f"unknown tuner {kind!r}; use hyperband, bayesian or random")
+
+
+def is_worker() -> bool:
+    """A keras-tuner worker process (KERASTUNER_TUNER_ID set, not "chief")."""
+    tuner_id = os.environ.get("KERASTUNER_TUNER_ID")
+    return tuner_id is not None and tuner_id != "chief"
+
+
+def search(
+    base: Config, kind: str, out: str, max_trials: int, max_epochs: int, overwrite: bool = False
+) -> dict | None:
+    """Runs (or resumes) a search in `out`; the chief writes best.json and leaderboard.md.
+
+    Returns:
+        best.json's content on the chief / single process, None on a worker.
+    """
+    from pipeline import run  # noqa: PLC0415 - imports TensorFlow
+
+    out_path = Path(out)
+    out_path.mkdir(parents=True, exist_ok=True)
+    strategy, inputs = run.prepare(base)  # data is loaded once for every trial
+    hypermodel = CustomConvNetHyperModel(base, inputs, strategy, out_path / "histories")
+    tuner = make_tuner(
+        kind, hypermodel, out_path, max_trials, max_epochs, overwrite, base.train.seed
+    )
+    if os.environ.get("KERASTUNER_TUNER_ID") != "chief":
+        tuner.search_space_summary()
+    tuner.search(epochs=base.train.epochs)
+    if is_worker():
+        return None
+    return write_results(tuner, base, out_path)
+
+
+def write_results(tuner, base: Config, out: Path) -> dict:
+    trials = [t for t in tuner.oracle.trials.values() if t.score is not None]
+    if not trials:
+        raise SearchError(f"no trial in {out} has finished; run the search first")
+    ranked = sorted(trials, key=lambda t: t.score, reverse=True)
+    best = ranked[0]
+    result = {
+        "trial_id": best.trial_id,
+        "val_accuracy": best.score,
+        "hyperparameters": best.hyperparameters.values,
+        "config": to_dict(config_for(base, best.hyperparameters)),
+        "finished_trials": len(trials),
+    }
+    (out / "best.json").write_text(json.dumps(result, indent=2) + "\n")
+    rows = ["| rank | trial | val accuracy | hyperparameters |", "|---:|---|---:|---|"]
+    for i, t in enumerate(ranked, 1):
+        hps = ", ".join(
+            f"{k}={v}" for k, v in t.hyperparameters.values.items() if not k.startswith("tuner/")
+        )
+        rows.append(f"| {i} | {t.trial_id} | {t.score:.4f} | {hps} |")
+    (out / "leaderboard.md").write_text("\n".join(rows) + "\n")
+    return result
+
+
+def local_search(workers: int, argv: list[str], module: str = "scripts.tune") -> int:
+    """keras-tuner's distributed search on this machine: one chief (the oracle) and
+    `workers` workers on a loopback port; each trial runs once, on one worker."""
+    from pipeline.distribute import free_ports  # noqa: PLC0415
+    from pipeline.launch import strip_flag  # noqa: PLC0415
+
+    args = strip_flag(argv, "--local-workers")
+    port = str(free_ports(1)[0])
+    base_env = {**os.environ, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port}
+    chief = subprocess.Popen(
+        [sys.executable, "-m", module, *args], env={**base_env, "KERASTUNER_TUNER_ID": "chief"}
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            env={**base_env, "KERASTUNER_TUNER_ID": f"tuner{i}"},
+        )
+        for i in range(workers)
+    ]
+    codes = [p.wait() for p in procs]
+    chief_code = chief.wait()
+    return next((c for c in [chief_code, *codes] if c), 0)
