@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 
@@ -30,6 +31,17 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--test-examples", type=int, help="test examples (default 10000)")
 
 
+def add_override_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config field, e.g. --set optim.label_smoothing=0.1 "
+        "(--list shows the keys)",
+    )
+
+
 def data_overrides(args: argparse.Namespace) -> dict:
     out = {}
     for flag, key in (
@@ -50,6 +62,8 @@ def run_cli(main: Callable[[], int | None]) -> Callable[[], int]:
     """Wraps a CLI body: user errors print one clear line and exit 2."""
 
     def wrapped() -> int:
+        # Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         try:
             return main() or 0
         except (ConfigError, DataError, ValueError) as e:

@@ -20,7 +20,7 @@ import json
 import sys
 
 from pipeline.config import CHOICES, Config, ConfigError, override, parse_overrides, valid_keys
-from scripts.common import add_data_args, data_overrides, run_cli
+from scripts.common import add_data_args, add_override_arg, data_overrides, run_cli
 
 FLAGS = {  # flag -> config key
     "epochs": "train.epochs",
@@ -59,13 +59,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--out", help="output dir (resumes if it holds a checkpoint)")
     p.add_argument("--seed", type=int)
     add_data_args(p)
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config field, e.g. --set optim.label_smoothing=0.1",
-    )
+    add_override_arg(p)
     p.add_argument("--list", action="store_true", help="list models, presets and config keys")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)

@@ -1,6 +1,6 @@
 """cifar-tune: keras-tuner search of custom_convnet through the project's one loop.
 
-  cifar-tune --tuner hyperband --max-epochs 9 --train-examples 10000 --data-dir DIR --out runs/search
+  cifar-tune --max-epochs 9 --train-examples 10000 --data-dir DIR --out runs/search
   cifar-tune report --out runs/search      # report.md + PNGs: the "describe your experiments"
   cifar-tune retrain --out runs/search     # train best.json's config for the full budget
   cifar-tune ... --local-workers 2         # keras-tuner chief + 2 workers on loopback
@@ -19,7 +19,7 @@ import json
 import sys
 
 from pipeline.config import CHOICES, Config, override, parse_overrides
-from scripts.common import add_data_args, data_overrides, run_cli
+from scripts.common import add_data_args, add_override_arg, data_overrides, run_cli
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -48,13 +48,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, help="retrain: epochs (default: the challenge's 10)")
     p.add_argument("--seed", type=int, default=0)
     add_data_args(p)
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any base config field",
-    )
+    add_override_arg(p)
     return p.parse_args(argv)
 
 
