@@ -32,10 +32,14 @@ def names() -> list[str]:
 
 
 # The open challenge, after airbench94 (94% in ~10 epochs on an A100), translated to this
-# project: its PyTorch sum-loss hyperparameters become mean-loss ones (lr 11.5 per 1024
-# examples over (1 + 1/(1 - 0.85)) -> 0.75 at batch 512; its coupled weight decay 0.0153
-# per 1024 -> 1.3e-5 decoupled), BN scale frozen, BN shifts at 64x the learning rate,
-# label smoothing 0.2, 2 px reflect shifts, flips alternating by epoch, flip + 1 px TTA.
+# project. Its PyTorch hyperparameters act on a SUM loss with coupled weight decay:
+#   lr  = 11.5 per 1024 examples / (1 + 1 / (1 - 0.85))  -> mean-loss lr 0.75 at batch 512;
+#   wd  = 0.0153 per 1024 examples, given as wd / lr, so each step shrinks weights by
+#         0.0153 * B / 7851 / (1 - 0.85) (through momentum) = 0.0067 at B = 512, which as
+#         Keras's decoupled decay (lr * wd per step) is wd = 0.0067 / 0.75 = 0.009.
+# With BN after every conv the weights' scale does not matter, so this strong decay mainly
+# keeps the effective step size up. Also: BN scale frozen, BN shifts at 64x the learning
+# rate, label smoothing 0.2, 2 px reflect shifts, flips alternating by epoch, flip + 1 px TTA.
 _AIRBENCH = {
     "model.name": "custom_convnet",
     "data.batch_size": 512,
@@ -45,7 +49,7 @@ _AIRBENCH = {
     "optim.optimizer": "nesterov",
     "optim.lr": 0.75,
     "optim.momentum": 0.85,
-    "optim.weight_decay": 1.3e-5,
+    "optim.weight_decay": 9e-3,
     "optim.schedule": "onecycle",
     "optim.warmup_epochs": 2.3,
     "optim.final_lr_fraction": 0.07,
@@ -83,8 +87,11 @@ def challenge_airbench94() -> Config:
 
 @preset
 def quick() -> Config:
-    """The shortest wall time to 70% validation accuracy on the 2-core CPU."""
-    return override(
-        Config(),
-        {**_AIRBENCH, "model.params": {"size": "tiny"}, "train.epochs": 4, "train.tta": "none"},
-    )
+    """The shortest wall time to 70% validation accuracy on the 2-core CPU dev machine.
+
+    "tiny" widths (16/32/64) at batch 128 for QUICK_EPOCHS: measured QUICK_RESULT.
+    """
+    return override(Config(), {**_AIRBENCH, "model.params": {"size": "tiny"},
+                               "data.batch_size": 128, "optim.lr": 0.2,
+                               "optim.warmup_epochs": 0.3, "train.epochs": 2,
+                               "train.tta": "flip"})
