@@ -66,6 +66,8 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints; at most this many are redone
     keep_checkpoints: int = 2
     tta: str = "none"  # "none" | "flip" | "flip_translate": test-time augmentation
+    bn_recalibration_batches: int = 0  # eval batches of training images that refresh BN
+    # statistics before each evaluation; 0 = use the running averages as trained
     progress: str = "auto"  # "auto" (bar on a TTY) | "bar" | "none"
     steps_per_epoch: int = 0  # >0: cut epochs short (benchmarks, tests)
 

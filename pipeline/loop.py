@@ -105,6 +105,31 @@ def make_eval_step(
     return eval_step
 
 
+def make_bn_recalibration(model, inputs: Inputs, cfg: Config, strategy) -> Callable:
+    """Returns `recalibrate()`: forward passes in training mode over the first
+    `bn_recalibration_batches` eval-size batches of training images (no augmentation,
+    no gradients), so BN's running statistics match the current weights.
+
+    With fast-moving weights (high learning rate, 64x BN-shift rate) the running averages
+    lag the weights and evaluation suffers; measured on the challenge recipe at epoch 4:
+    val accuracy 34% with the trained averages, 81% after 3 batches of 1,000 images.
+    """
+    batches = cfg.train.bn_recalibration_batches
+
+    @tf.function
+    def forward(x):
+        strategy.run(lambda x: model(x, training=True), args=(x,))
+
+    def recalibrate():
+        if not batches:
+            return
+        data = inputs.eval_dataset("train").take(batches)
+        for x, _ in strategy.experimental_distribute_dataset(data):
+            forward(x)
+
+    return recalibrate
+
+
 def predict_logits(model, x: tf.Tensor, tta: str = "none") -> tf.Tensor:
     """float32 logits, averaged over test-time augmentations: "flip" adds the mirror image,
     "flip_translate" also 1 px shifts of both (reflect padding)."""
@@ -227,6 +252,7 @@ def fit(
     train_steps = make_train_step(model, optimizer, inputs, cfg, strategy)
     eval_step = make_eval_step(model, cfg, strategy, tcfg.tta)
     plain_eval = eval_step if tcfg.tta == "none" else make_eval_step(model, cfg, strategy)
+    recalibrate = make_bn_recalibration(model, inputs, cfg, strategy)
     callback_list = keras.callbacks.CallbackList(
         callbacks or [],
         model=model if isinstance(model, keras.Model) else None,
@@ -275,6 +301,7 @@ def fit(
             "seconds": seconds,
             "lr": float(optim.lr_at(optimizer.iterations, cfg.optim, total_steps, steps)),
         }
+        recalibrate()
         if has_val:
             val = evaluate(eval_step, inputs.eval_dataset("val"), strategy)
             row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
@@ -288,6 +315,7 @@ def fit(
     if cfg.optim.ema_decay:
         # Evaluate the exponential moving average of the weights, not the last step's.
         optimizer.finalize_variable_values(_trainable(model))
+        recalibrate()
     result = {"history": history, "wall_seconds": time.perf_counter() - wall}
     images = (tcfg.epochs - start) * steps * cfg.data.batch_size
     result["train_images_per_second"] = images / train_seconds if train_seconds else None

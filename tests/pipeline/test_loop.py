@@ -203,3 +203,18 @@ def test_two_local_workers_complete_an_epoch(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["replicas"] == 2 and len(metrics["history"]) == 1
+
+
+def test_bn_recalibration_refreshes_running_statistics():
+    cfg = tiny_config(**{"model.name": "custom_convnet", "model.params": {"size": "tiny"},
+                         "train.bn_recalibration_batches": 2, "data.eval_batch_size": 64})
+    strategy, inputs = run.prepare(cfg)
+    model = run.build(cfg, strategy, inputs)
+    bn = model.get_layer("stage0_bn0")
+    bn.moving_mean.assign(tf.fill(bn.moving_mean.shape, 100.0))
+    loop.make_bn_recalibration(model, inputs, cfg, strategy)()
+    assert np.abs(bn.moving_mean.numpy()).max() < 50, "stale statistics were replaced"
+    off = tiny_config(**{"model.name": "custom_convnet", "model.params": {"size": "tiny"}})
+    bn.moving_mean.assign(tf.fill(bn.moving_mean.shape, 100.0))
+    loop.make_bn_recalibration(model, inputs, off, strategy)()
+    assert np.allclose(bn.moving_mean.numpy(), 100.0), "0 batches leaves them alone"
