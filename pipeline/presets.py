@@ -67,7 +67,8 @@ def challenge() -> Config:
 
     airbench94's widths (64/256/256) train at ~58 images/s on the 2-core CPU dev machine
     (2.4 h for 10 epochs), so the preset uses its "small" widths (32/64/128, ~425 images/s).
-    Measured on the dev machine: see README (test accuracy and minutes).
+    Measured on the 2-core CPU dev machine: 89.9% test accuracy with TTA (88.9% without),
+    91.2% val, 22 minutes of training (25 minutes wall).
     """
     return override(Config(), {**_AIRBENCH, "model.params": {"size": "small"}, "train.epochs": 10})
 
@@ -91,9 +92,19 @@ def challenge_airbench94() -> Config:
 def quick() -> Config:
     """The shortest wall time to 70% validation accuracy on the 2-core CPU dev machine.
 
-    "tiny" widths (16/32/64) at batch 128 for QUICK_EPOCHS: measured QUICK_RESULT.
+    "tiny" widths (16/32/64) at batch 128 for one epoch: 71.3% val (70.0% test) after
+    64 s of training, 95 s wall with start-up, measured on the 2-core CPU dev machine.
+    With `--epochs 2`: 78.9% val in 121 s.
     """
-    return override(Config(), {**_AIRBENCH, "model.params": {"size": "tiny"},
-                               "data.batch_size": 128, "optim.lr": 0.2,
-                               "optim.warmup_epochs": 0.3, "train.epochs": 2,
-                               "train.tta": "flip"})
+    return override(
+        Config(),
+        {
+            **_AIRBENCH,
+            "model.params": {"size": "tiny"},
+            "data.batch_size": 128,
+            "optim.lr": 0.2,
+            "optim.warmup_epochs": 0.3,
+            "train.epochs": 1,
+            "train.tta": "flip",
+        },
+    )

@@ -206,8 +206,14 @@ def test_two_local_workers_complete_an_epoch(tmp_path):
 
 
 def test_bn_recalibration_refreshes_running_statistics():
-    cfg = tiny_config(**{"model.name": "custom_convnet", "model.params": {"size": "tiny"},
-                         "train.bn_recalibration_batches": 2, "data.eval_batch_size": 64})
+    cfg = tiny_config(
+        **{
+            "model.name": "custom_convnet",
+            "model.params": {"size": "tiny"},
+            "train.bn_recalibration_batches": 2,
+            "data.eval_batch_size": 64,
+        }
+    )
     strategy, inputs = run.prepare(cfg)
     model = run.build(cfg, strategy, inputs)
     bn = model.get_layer("stage0_bn0")
