@@ -71,7 +71,10 @@ def build_config(args: argparse.Namespace) -> Config:
     if args.preset:
         cfg = presets.get(args.preset)
         if args.model and args.model != cfg.model.name:
-            cfg = override(presets.for_model(args.model), {})
+            raise ConfigError(
+                f"preset {args.preset!r} trains {cfg.model.name}, not {args.model}: drop "
+                "--model, or drop --preset to train the model with its own recipe"
+            )
     else:
         cfg = presets.for_model(args.model or Config().model.name)
     updates = {
