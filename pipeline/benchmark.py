@@ -7,6 +7,17 @@ import time
 from collections.abc import Callable, Iterable
 
 
+def _time_passes(one_pass: Callable[[], int], repeats: int, warmup: int = 1) -> dict:
+    """Calls `one_pass() -> images` `warmup + repeats` times; images/s of the timed passes."""
+    runs, images = [], 0
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        images = one_pass()
+        if i >= warmup:
+            runs.append(images / (time.perf_counter() - start))
+    return {"median": statistics.median(runs), "runs": runs, "images": images}
+
+
 def images_per_second(
     make_batches: Callable[[], Iterable],
     repeats: int = 3,
@@ -18,28 +29,18 @@ def images_per_second(
     Returns:
         {"median": images/s, "runs": [images/s, ...], "images": per pass}.
     """
-    runs, images = [], 0
-    for i in range(warmup + repeats):
-        start, images = time.perf_counter(), 0
+
+    def one_pass() -> int:
+        images = 0
         for k, batch in enumerate(make_batches()):
             if max_batches is not None and k >= max_batches:
                 break
             labels = batch[1]
             images += int(labels.shape[0])
             _ = labels.numpy() if hasattr(labels, "numpy") else labels  # wait for the batch
-        if i >= warmup:
-            runs.append(images / (time.perf_counter() - start))
-    return {"median": statistics.median(runs), "runs": runs, "images": images}
+        return images
 
-
-def _time_passes(one_pass: Callable[[], int], repeats: int, warmup: int = 1) -> dict:
-    runs = []
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        images = one_pass()
-        if i >= warmup:
-            runs.append(images / (time.perf_counter() - start))
-    return {"median": statistics.median(runs), "runs": runs}
+    return _time_passes(one_pass, repeats, warmup)
 
 
 def training_throughput(cfg, steps: int, repeats: int = 3) -> dict:
@@ -87,7 +88,7 @@ def training_throughput(cfg, steps: int, repeats: int = 3) -> dict:
 
     model, opt = fresh_model_and_optimizer()
     if isinstance(model, keras.Model):
-        model.compile(optimizer=opt, loss=run._loss(cfg), metrics=["accuracy"])
+        model.compile(optimizer=opt, loss=run.loss_fn(cfg), metrics=["accuracy"])
         fit_data = inputs.train_dataset_fn(0, 10_000)(None).repeat()
 
         def fit_pass():

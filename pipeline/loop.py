@@ -205,6 +205,12 @@ class _Outputs:
             self.manager.save(checkpoint_number=len(history))
 
 
+def steps_per_epoch(inputs: Inputs, tcfg) -> int:
+    """Full batches per epoch, cut to `train.steps_per_epoch` when that is set."""
+    steps = inputs.steps_per_epoch
+    return min(steps, tcfg.steps_per_epoch) if tcfg.steps_per_epoch else steps
+
+
 def fit(
     model,
     inputs: Inputs,
@@ -228,9 +234,7 @@ def fit(
     """
     strategy = strategy or tf.distribute.get_strategy()
     tcfg = cfg.train
-    steps = inputs.steps_per_epoch
-    if tcfg.steps_per_epoch:
-        steps = min(steps, tcfg.steps_per_epoch)
+    steps = steps_per_epoch(inputs, tcfg)
     total_steps = steps * tcfg.epochs
     with strategy.scope():
         optimizer = precision.wrap_optimizer(

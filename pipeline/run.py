@@ -101,16 +101,14 @@ def fit_with_keras(model, inputs: Inputs, cfg: Config, strategy, log=print) -> d
         )
     if cfg.data.augment_on_device or cfg.train.tta != "none":
         raise RunError("--loop fit supports neither augment_on_device nor tta: use --loop custom")
-    steps = inputs.steps_per_epoch
-    if cfg.train.steps_per_epoch:
-        steps = min(steps, cfg.train.steps_per_epoch)
+    steps = loop.steps_per_epoch(inputs, cfg.train)
     with strategy.scope():
         optimizer = precision.wrap_optimizer(
             optim.make_optimizer(cfg.optim, steps * cfg.train.epochs, steps), cfg.train.precision
         )
         model.compile(
             optimizer=optimizer,
-            loss=_loss(cfg),
+            loss=loss_fn(cfg),
             metrics=["accuracy"],
         )
     train_ds = inputs.train_dataset_fn(0, cfg.train.epochs)(None)
@@ -151,7 +149,7 @@ def fit_with_keras(model, inputs: Inputs, cfg: Config, strategy, log=print) -> d
     return result
 
 
-def _loss(cfg: Config):
+def loss_fn(cfg: Config):
     # The loop's own loss function, so both loops optimise the same objective.
     def loss(y, logits):
         return optim.cross_entropy(
