@@ -15,6 +15,7 @@ from models.registry import register
 # Sizes by name, as nanoGPT's table of model sizes; `widths` overrides.
 SIZES = {
     "airbench94": (64, 256, 256),  # the fastest published 94% CIFAR-10 net
+    "medium": (48, 128, 128),  # the challenge preset: 92% in 10 epochs on 2 CPU cores
     "small": (32, 64, 128),
     "tiny": (16, 32, 64),
 }
@@ -23,8 +24,24 @@ WHITEN_PATCH = 2  # px; the stem's kernel
 WHITEN_EIGEN = 12  # 2*2*3 patch dimensions; the stem has +/- each eigenvector: 24 channels
 
 
+STEMS = ("whiten", "conv", "none")
+POOLS = ("max", "avg")
+HEADS = ("max", "avg", "flatten")
+ACTIVATIONS = ("gelu", "relu")
+
+
+def _check_choices(**named: tuple) -> None:
+    """Each name=(value, allowed) must have its value among `allowed`: the fix in the error."""
+    for name, (value, allowed) in named.items():
+        if value not in allowed:
+            raise ValueError(
+                f"custom_convnet: model.params.{name} must be one of {', '.join(allowed)}; "
+                f"got {value!r} (e.g. --set model.params.{name}={next(iter(allowed))})"
+            )
+
+
 def _activation(name: str):
-    return keras.layers.Activation({"gelu": "gelu", "relu": "relu"}[name])
+    return keras.layers.Activation(name)
 
 
 def _bn(batch_norm: bool, frozen_scale: bool, momentum: float, name: str):
@@ -58,6 +75,8 @@ def custom_convnet(
     activation: str = "gelu",
     logit_scale: float = 1 / 9,  # airbench scales logits down; keeps early softmax soft
 ):
+    _check_choices(size=(size, SIZES), stem=(stem, STEMS), pool=(pool, POOLS), head=(head, HEADS))
+    _check_choices(activation=(activation, ACTIVATIONS))
     widths = list(widths or SIZES[size])
     inputs = keras.Input((32, 32, 3))
     x = inputs

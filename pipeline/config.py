@@ -172,6 +172,17 @@ def _parse_param(value: Any) -> Any:
         return value
 
 
+def _params_dict(key: str, value: Any) -> dict:
+    """A whole `params` value: a dict, or its JSON text (as `--set` gives it)."""
+    parsed = _parse_param(value)
+    if not isinstance(parsed, dict):
+        raise ConfigError(
+            f'{key} must be a JSON object, e.g. {key}=\'{{"size": "small"}}\', or set one '
+            f"entry with {key}.NAME=VALUE; got {value!r}"
+        )
+    return dict(parsed)
+
+
 def override(cfg: Any, updates: dict, prefix: str = "") -> Any:
     """Returns `cfg` with dotted `updates` applied ("optim.lr": 0.1); checks keys and types.
 
@@ -193,7 +204,7 @@ def override(cfg: Any, updates: dict, prefix: str = "") -> Any:
             if sub:
                 changes[f.name] = override(value, sub, f"{prefix}{f.name}.")
         elif f.name == "params" and (sub or f.name in updates):
-            params = dict(updates.get(f.name, value))
+            params = _params_dict(prefix + f.name, updates.get(f.name, value))
             params.update({k: _parse_param(v) for k, v in sub.items()})
             changes[f.name] = params
         elif f.name in updates:

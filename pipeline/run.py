@@ -45,6 +45,33 @@ def prepare(cfg: Config) -> tuple[tf.distribute.Strategy, Inputs]:
     return strategy, make_inputs(splits, cfg.data, cfg.train.seed)
 
 
+# What a checkpoint's variables depend on: a resume must keep these as they were.
+_CHECKPOINT_SHAPING = ("model", "optim.optimizer", "train.precision")
+
+
+def check_resumable(out: Path, cfg: Config) -> None:
+    """Raises RunError, before anything in `out` is touched, when `out` holds a checkpoint
+    that `cfg` could not restore (another model, optimizer or precision)."""
+    saved_path = out / "config.json"
+    if not (saved_path.is_file() and tf.train.latest_checkpoint(str(out / "checkpoints"))):
+        return
+    saved, now = json.loads(saved_path.read_text()), to_dict(cfg)
+    for key in _CHECKPOINT_SHAPING:
+        was, wants = _get_dotted(saved, key), _get_dotted(now, key)
+        if was != wants:
+            raise RunError(
+                f"{out} holds a checkpoint trained with {key} = {json.dumps(was)}, but this run "
+                f"asks for {json.dumps(wants)}, which cannot resume it. Give a new --out, or "
+                f"delete {out} to start afresh."
+            )
+
+
+def _get_dotted(tree: dict, key: str):
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
 def train(cfg: Config, log=print, callbacks=None) -> dict:
     """Trains `cfg.model.name` as configured; writes config/metrics under `cfg.train.out_dir`.
 
@@ -55,6 +82,8 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
     strategy, inputs = prepare(cfg)
     out = Path(cfg.train.out_dir) if cfg.train.out_dir else None
     chief = distribute.is_chief(strategy)
+    if out:
+        check_resumable(out, cfg)
     if out and chief:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")

@@ -96,3 +96,16 @@ def test_bias_learning_rate_scale_targets_biases_and_bn_shifts():
     biases = [v.path for v in model.trainable_variables if loop._is_bias(v)]
     assert biases and all(p.endswith(("bias", "beta")) for p in biases)
     assert any("bn" in p for p in biases)
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"size": "huge"}, "model.params.size must be one of airbench94, medium, small, tiny"),
+        ({"size": "tiny", "pool": "min"}, "model.params.pool must be one of max, avg"),
+        ({"size": "tiny", "head": "gap"}, "model.params.head must be one of max, avg, flatten"),
+    ],
+)
+def test_bad_choice_names_the_allowed_values(params, message):
+    with pytest.raises(ValueError, match=message):
+        build_model(ModelConfig(name="custom_convnet", params=params))

@@ -43,3 +43,10 @@ def test_round_trip_through_dict():
 def test_override_needs_key_value():
     with pytest.raises(ConfigError, match="key=value"):
         parse_overrides(["optim.lr"])
+
+
+def test_whole_params_from_json_text_or_a_clear_error():
+    cfg = override(Config(), parse_overrides(['model.params={"size": "small", "depth": 1}']))
+    assert cfg.model.params == {"size": "small", "depth": 1}
+    with pytest.raises(ConfigError, match="model.params must be a JSON object.*model.params.NAME"):
+        override(Config(), parse_overrides(["model.params=small"]))

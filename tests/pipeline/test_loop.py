@@ -159,6 +159,16 @@ TINY = [
 
 
 @pytest.mark.slow
+def test_resume_into_a_run_of_another_model_is_refused_and_keeps_its_files(tmp_path):
+    out = tmp_path / "run"
+    run.train(tiny_config(**{"train.out_dir": str(out)}), log=lambda s: None)
+    saved = (out / "config.json").read_text()
+    other = tiny_config(**{"train.out_dir": str(out), "model.params": {"hidden": 32}})
+    with pytest.raises(run.RunError, match="model = .*hidden.*64.*new --out"):
+        run.train(other, log=lambda s: None)
+    assert (out / "config.json").read_text() == saved
+
+
 def test_kill_9_then_the_same_command_resumes(tmp_path):
     out = tmp_path / "run"
     cmd = _cli(*TINY, "--epochs", "8", "--out", str(out))
