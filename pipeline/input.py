@@ -4,7 +4,7 @@ and shardable by `tf.distribute` input context."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import tensorflow as tf
@@ -27,6 +27,9 @@ class Inputs:
     splits: Splits
     cfg: DataConfig
     seed: int
+    # Evaluation datasets, built once: each build copies its split into a new constant,
+    # and rebuilding them every epoch and every search trial kept ratcheting memory up.
+    _eval_datasets: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -43,7 +46,13 @@ class Inputs:
         return lambda ctx=None: train_dataset(self, start_epoch, epochs, ctx)
 
     def eval_dataset(self, split: str, ctx: tf.distribute.InputContext | None = None):
-        return eval_dataset(getattr(self.splits, split), self.splits, self.cfg, ctx)
+        if ctx is not None:  # a per-worker shard: built where the strategy asks for it
+            return eval_dataset(getattr(self.splits, split), self.splits, self.cfg, ctx)
+        if split not in self._eval_datasets:
+            self._eval_datasets[split] = eval_dataset(
+                getattr(self.splits, split), self.splits, self.cfg
+            )
+        return self._eval_datasets[split]
 
     def device_preprocess(self, images: tf.Tensor, aug: tf.Tensor) -> tf.Tensor:
         """Normalise + augment a uint8 batch inside the compiled step (`augment_on_device`).

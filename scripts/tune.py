@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from pipeline.config import CHOICES, Config, override, parse_overrides
@@ -70,6 +71,21 @@ def base_config(args) -> Config:
     return override(cfg, parse_overrides(args.set))
 
 
+def few_malloc_arenas(argv: list[str]) -> None:
+    """Re-executes this search with MALLOC_ARENA_MAX=2 (Linux), unless it is set already.
+
+    glibc gives threads heap arenas of their own; tf.data's threads then strand freed
+    batch buffers in many arenas, and resident memory climbed trial after trial: 1.06 ->
+    1.64 GiB over 15 identical trials, 0.95 -> 1.09 GiB with 2 arenas. Workers started by
+    --local-workers inherit the setting.
+    """
+    if sys.platform != "linux" or "MALLOC_ARENA_MAX" in os.environ:
+        return
+    os.environ["MALLOC_ARENA_MAX"] = "2"
+    sys.stdout.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "scripts.tune", *argv])
+
+
 @run_cli
 def main() -> int:
     args = parse()
@@ -78,6 +94,7 @@ def main() -> int:
 
         print(f"wrote {write_report(args.out)}")
         return 0
+    few_malloc_arenas(sys.argv[1:])
     if args.action == "retrain":
         return retrain(args)
     if args.local_workers:

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 from pathlib import Path
 
 import keras
 import keras_tuner as kt
 
 from pipeline import loop, run
+from pipeline.benchmark import resident_memory_mib
 from pipeline.config import Config, override
 from pipeline.input import Inputs
+
+MEMORY_LOG = "memory.jsonl"  # in the search's --out: one row per trial (and process)
 
 
 def model_params(hp: kt.HyperParameters) -> dict:
@@ -97,7 +101,20 @@ class CustomConvNetHyperModel(kt.HyperModel):
         if self.history_dir and trial_id is not None:
             self.history_dir.mkdir(parents=True, exist_ok=True)
             (self.history_dir / f"{trial_id}.json").write_text(json.dumps(result["history"]))
+            self._record_memory(trial_id)
         history = keras.callbacks.History()
         keys = [k for k in result["history"][0] if k not in ("epoch", "seconds")]
         history.history = {k: [row[k] for row in result["history"]] for k in keys}
         return history
+
+    def _record_memory(self, trial_id: str) -> None:
+        """Appends this process's resident memory after the trial to memory.jsonl (read by
+        the report): trial after trial, it should stay flat, not climb."""
+        gc.collect()
+        mib = resident_memory_mib()
+        if mib is None:
+            return
+        print(f"[trial {trial_id}] resident memory {mib:,.0f} MiB", flush=True)
+        row = {"trial_id": trial_id, "pid": os.getpid(), "resident_mib": mib}
+        with open(self.history_dir.parent / MEMORY_LOG, "a") as log:
+            log.write(json.dumps(row) + "\n")

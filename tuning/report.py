@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tuning.hypermodel import MEMORY_LOG
 from tuning.search import PROJECT
 
 
@@ -110,6 +111,25 @@ def _plot(trials, effects, out: Path) -> list[str]:
     return files
 
 
+def memory_lines(out: Path) -> list[str]:
+    """The report's memory section from memory.jsonl: per process, resident memory after
+    its first trial, its last and its highest (a search should stay flat)."""
+    path = out / MEMORY_LOG
+    if not path.is_file():
+        return []
+    by_pid = defaultdict(list)
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        by_pid[row["pid"]].append(row["resident_mib"])
+    lines = ["## Memory", "", "Resident memory after each trial, per search process:", ""]
+    for pid, mib in by_pid.items():
+        lines.append(
+            f"- process {pid}: {len(mib)} trials, first {mib[0]:,.0f} MiB, last "
+            f"{mib[-1]:,.0f} MiB, highest {max(mib):,.0f} MiB"
+        )
+    return lines + [""]
+
+
 def write_report(out: str) -> Path:
     """Writes `report.md` (+ PNGs) in `out`: leaderboard, per-hyperparameter findings,
     learning curves of the best trials and accuracy against the most important ones."""
@@ -155,7 +175,7 @@ def write_report(out: str) -> Path:
                 for v, g in parts
             )
             lines.append(f"- **{name}**: {desc}.")
-    lines += ["", "## Plots", ""] + [f"![{f}]({f})" for f in files] + [""]
+    lines += [""] + memory_lines(out) + ["## Plots", ""] + [f"![{f}]({f})" for f in files] + [""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -86,6 +86,10 @@ def test_search_writes_best_resumes_and_reports(tmp_path):
     assert rep.returncode == 0, rep.stderr[-3000:]
     text = (tmp_path / "s" / "report.md").read_text()
     assert "## Leaderboard" in text and "per hyperparameter" in text
+    memory = [json.loads(line) for line in (tmp_path / "s" / "memory.jsonl").open()]
+    assert [row["trial_id"] for row in memory] == sorted({row["trial_id"] for row in memory})
+    assert len(memory) == 2 and all(row["resident_mib"] > 100 for row in memory)
+    assert "## Memory" in text and ": 2 trials, first" in text
     assert (tmp_path / "s" / "accuracy_vs_hyperparameters.png").stat().st_size > 1000
 
 
@@ -131,3 +135,17 @@ def test_report_ranks_hyperparameters(tmp_path):
     with pytest.raises(ValueError, match="no finished trial"):
         report.write_report(str(tmp_path))
     assert search.OBJECTIVE.name == "val_accuracy"
+
+
+def test_search_reexecutes_itself_with_few_malloc_arenas(monkeypatch):
+    from scripts import tune
+
+    calls = []
+    monkeypatch.setattr(tune.sys, "platform", "linux")
+    monkeypatch.setattr(tune.os, "execv", lambda exe, argv: calls.append(argv))
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    tune.few_malloc_arenas(["--max-trials", "3"])
+    assert tune.os.environ["MALLOC_ARENA_MAX"] == "2"
+    assert calls == [[sys.executable, "-m", "scripts.tune", "--max-trials", "3"]]
+    tune.few_malloc_arenas(["--max-trials", "3"])  # already set: runs on, no second exec
+    assert len(calls) == 1
