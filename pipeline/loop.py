@@ -38,6 +38,12 @@ def _regularisation(model) -> tf.Tensor | float:
     return tf.add_n([tf.cast(v, tf.float32) for v in losses]) if losses else 0.0
 
 
+def _step_totals(per_example: tf.Tensor, logits: tf.Tensor, y: tf.Tensor) -> tuple:
+    """(loss sum, correct predictions, examples) of one replica's batch."""
+    correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, tf.int32), y), tf.float32))
+    return tf.reduce_sum(per_example), correct, tf.cast(tf.size(y), tf.float32)
+
+
 def make_train_step(
     model, optimizer, inputs: Inputs, cfg: Config, strategy: tf.distribute.Strategy
 ) -> Callable:
@@ -70,8 +76,7 @@ def make_train_step(
         if scale_grads:
             grads = [g * k if k != 1.0 else g for g, k in zip(grads, grad_scales, strict=True)]
         optimizer.apply(grads, variables)
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, tf.int32), y), tf.float32))
-        return tf.reduce_sum(per_example), correct, tf.cast(tf.size(y), tf.float32)
+        return _step_totals(per_example, logits, y)
 
     @tf.function
     def train_steps(iterator, n):
@@ -93,9 +98,7 @@ def make_eval_step(
 
     def replica_step(x, y):
         logits = predict_logits(model, x, tta)
-        per_example = optim.cross_entropy(y, logits, num_classes)
-        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, tf.int32), y), tf.float32))
-        return tf.reduce_sum(per_example), correct, tf.cast(tf.size(y), tf.float32)
+        return _step_totals(optim.cross_entropy(y, logits, num_classes), logits, y)
 
     @tf.function
     def eval_step(x, y):
@@ -133,9 +136,8 @@ def make_bn_recalibration(model, inputs: Inputs, cfg: Config, strategy) -> Calla
 def predict_logits(model, x: tf.Tensor, tta: str = "none") -> tf.Tensor:
     """float32 logits, averaged over test-time augmentations: "flip" adds the mirror image,
     "flip_translate" also 1 px shifts of both (reflect padding)."""
-    logits = tf.cast(model(x, training=False), tf.float32)
     if tta == "none":
-        return logits
+        return tf.cast(model(x, training=False), tf.float32)
     views = [x, tf.reverse(x, axis=[2])]
     if tta == "flip_translate":
         padded = [tf.pad(v, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT") for v in views]

@@ -61,6 +61,11 @@ _AIRBENCH = {
 }
 
 
+def _airbench(changes: dict) -> Config:
+    """The airbench recipe with `changes` (widths, batch, epochs...) on top."""
+    return override(Config(), {**_AIRBENCH, **changes})
+
+
 @preset
 def challenge() -> Config:
     """custom_convnet, 10 epochs: the best test accuracy this CPU affords in 10 epochs.
@@ -71,7 +76,7 @@ def challenge() -> Config:
     (91.0% without), 92.5% val, 38 minutes of training (41 minutes wall). The "small"
     widths (32/64/128) reach 89.9% in 22 minutes.
     """
-    return override(Config(), {**_AIRBENCH, "model.params": {"size": "medium"}, "train.epochs": 10})
+    return _airbench({"model.params": {"size": "medium"}, "train.epochs": 10})
 
 
 @preset
@@ -81,15 +86,13 @@ def challenge_airbench94() -> Config:
     Not run to the end here, so its accuracy is unmeasured: it trains at ~58 images/s
     on the 2-core CPU dev machine, so 10 epochs would take about 2.4 h.
     """
-    return override(
-        Config(),
+    return _airbench(
         {
-            **_AIRBENCH,
             "model.params": {"size": "airbench94"},
             "data.batch_size": 1024,
             "optim.lr": 1.5,
             "train.epochs": 10,
-        },
+        }
     )
 
 
@@ -101,15 +104,13 @@ def quick() -> Config:
     55 s of training (median of 3 runs: 52, 55, 55 s), 84-95 s wall with start-up,
     measured on the 2-core CPU dev machine. With `--epochs 2`: 78.9% val.
     """
-    return override(
-        Config(),
+    return _airbench(
         {
-            **_AIRBENCH,
             "model.params": {"size": "tiny"},
             "data.batch_size": 128,
             "optim.lr": 0.2,
             "optim.warmup_epochs": 0.3,
             "train.epochs": 1,
             "train.tta": "flip",
-        },
+        }
     )

@@ -79,11 +79,11 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
         metrics.json's content.
     """
     wall = time.perf_counter()
-    strategy, inputs = prepare(cfg)
     out = Path(cfg.train.out_dir) if cfg.train.out_dir else None
-    chief = distribute.is_chief(strategy)
     if out:
-        check_resumable(out, cfg)
+        check_resumable(out, cfg)  # before the data is loaded: a refusal costs nothing
+    strategy, inputs = prepare(cfg)
+    chief = distribute.is_chief(strategy)
     if out and chief:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")

@@ -76,7 +76,7 @@ class CustomConvNetHyperModel(kt.HyperModel):
         self.history_dir = Path(history_dir) if history_dir else None
 
     def build(self, hp: kt.HyperParameters) -> keras.Model:
-        gc.collect()  # drop the previous trial's model and compiled steps before building
+        # keras-tuner clears the Keras session and collects garbage before each build.
         import tensorflow as tf  # noqa: PLC0415
 
         return run.build(

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from tuning.hypermodel import MEMORY_LOG
-from tuning.search import PROJECT
+from tuning.search import PROJECT, leaderboard
 
 
 def load_trials(out: Path) -> list[dict]:
@@ -146,12 +146,10 @@ def write_report(out: str) -> Path:
         "",
         "## Leaderboard",
         "",
-        "| rank | trial | val accuracy | hyperparameters |",
-        "|---:|---|---:|---|",
+        *leaderboard(
+            (t["trial_id"], t["score"], dict(sorted(t["values"].items()))) for t in trials[:20]
+        ),
     ]
-    for i, t in enumerate(trials[:20], 1):
-        hps = ", ".join(f"{k}={v}" for k, v in sorted(t["values"].items()))
-        lines.append(f"| {i} | {t['trial_id']} | {t['score']:.4f} | {hps} |")
     lines += [
         "",
         "## What the search found, per hyperparameter",

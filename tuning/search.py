@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import keras_tuner as kt
@@ -90,14 +91,19 @@ def write_results(tuner, base: Config, out: Path) -> dict:
         "finished_trials": len(trials),
     }
     (out / "best.json").write_text(json.dumps(result, indent=2) + "\n")
-    rows = ["| rank | trial | val accuracy | hyperparameters |", "|---:|---|---:|---|"]
-    for i, t in enumerate(ranked, 1):
-        hps = ", ".join(
-            f"{k}={v}" for k, v in t.hyperparameters.values.items() if not k.startswith("tuner/")
-        )
-        rows.append(f"| {i} | {t.trial_id} | {t.score:.4f} | {hps} |")
+    rows = leaderboard((t.trial_id, t.score, t.hyperparameters.values) for t in ranked)
     (out / "leaderboard.md").write_text("\n".join(rows) + "\n")
     return result
+
+
+def leaderboard(ranked: Iterable[tuple[str, float, dict]]) -> list[str]:
+    """Markdown table rows of (trial id, val accuracy, hyperparameter values), best first;
+    keras-tuner's own bookkeeping values (tuner/...) are left out."""
+    rows = ["| rank | trial | val accuracy | hyperparameters |", "|---:|---|---:|---|"]
+    for i, (trial_id, score, values) in enumerate(ranked, 1):
+        hps = ", ".join(f"{k}={v}" for k, v in values.items() if not k.startswith("tuner/"))
+        rows.append(f"| {i} | {trial_id} | {score:.4f} | {hps} |")
+    return rows
 
 
 def local_search(workers: int, argv: list[str], module: str = "scripts.tune") -> int:
