@@ -10,6 +10,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from models import fast_layers
 from models.registry import register
 
 # Sizes by name, as nanoGPT's table of model sizes; `widths` overrides.
@@ -40,17 +41,18 @@ def _check_choices(**named: tuple) -> None:
             )
 
 
-def _activation(name: str):
+def _activation(name: str, fused: bool):
+    if name == "gelu" and fused:
+        return fast_layers.GELU()
     return keras.layers.Activation(name)
 
 
-def _bn(batch_norm: bool, frozen_scale: bool, momentum: float, name: str):
+def _bn(batch_norm: bool, frozen_scale: bool, momentum: float, name: str, fused: bool):
     if not batch_norm:
         return None
     # airbench freezes BN's scale at 1 and learns only its shift.
-    return keras.layers.BatchNormalization(
-        momentum=momentum, epsilon=1e-12, center=True, scale=not frozen_scale, name=name
-    )
+    layer = fast_layers.BatchNorm if fused else keras.layers.BatchNormalization
+    return layer(momentum=momentum, epsilon=1e-12, center=True, scale=not frozen_scale, name=name)
 
 
 @register(
@@ -74,6 +76,7 @@ def custom_convnet(
     dropout: float = 0.0,
     activation: str = "gelu",
     logit_scale: float = 1 / 9,  # airbench scales logits down; keeps early softmax soft
+    fused: bool = True,  # fused BN + GELU kernels (models/fast_layers.py); False = stock Keras
 ):
     _check_choices(size=(size, SIZES), stem=(stem, STEMS), pool=(pool, POOLS), head=(head, HEADS))
     _check_choices(activation=(activation, ACTIVATIONS))
@@ -83,10 +86,10 @@ def custom_convnet(
     if stem == "whiten":
         # Frozen conv; its kernel is set from data by `whiten_stem`, its bias learns.
         x = keras.layers.Conv2D(2 * WHITEN_EIGEN, WHITEN_PATCH, padding="valid", name="whiten")(x)
-        x = _activation(activation)(x)
+        x = _activation(activation, fused)(x)
     elif stem == "conv":
         x = keras.layers.Conv2D(widths[0] // 2, 3, padding="same", use_bias=False, name="stem")(x)
-        x = _activation(activation)(x)
+        x = _activation(activation, fused)(x)
     for s, width in enumerate(widths):
         for d in range(depth):
             y = keras.layers.Conv2D(
@@ -96,9 +99,9 @@ def custom_convnet(
                 y = (keras.layers.MaxPooling2D if pool == "max" else keras.layers.AveragePooling2D)(
                     2, name=f"stage{s}_pool"
                 )(y)
-            bn = _bn(batch_norm, frozen_bn_scale, bn_momentum, f"stage{s}_bn{d}")
+            bn = _bn(batch_norm, frozen_bn_scale, bn_momentum, f"stage{s}_bn{d}", fused)
             y = bn(y) if bn is not None else y
-            y = _activation(activation)(y)
+            y = _activation(activation, fused)(y)
             x = keras.layers.Add()([x, y]) if residual and d > 0 else y
     if head == "flatten":
         x = keras.layers.Flatten()(x)

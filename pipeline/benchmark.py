@@ -19,7 +19,7 @@ def resident_memory_mib() -> float | None:
     return None
 
 
-def _time_passes(one_pass: Callable[[], int], repeats: int, warmup: int = 1) -> dict:
+def time_passes(one_pass: Callable[[], int], repeats: int, warmup: int = 1) -> dict:
     """Calls `one_pass() -> images` `warmup + repeats` times; images/s of the timed passes."""
     runs, images = [], 0
     for i in range(warmup + repeats):
@@ -52,70 +52,109 @@ def images_per_second(
             _ = labels.numpy() if hasattr(labels, "numpy") else labels  # wait for the batch
         return images
 
-    return _time_passes(one_pass, repeats, warmup)
+    return time_passes(one_pass, repeats, warmup)
 
 
-def training_throughput(cfg, steps: int, repeats: int = 3) -> dict:
-    """Training images/s of the notebook's way, keras `fit` and the project's loop.
+CONTENDERS = ("naive", "fit", "loop", "torch")
 
-    Same model, batch, optimizer and precision for all three; each pass is `steps` steps,
-    timed after one warm-up pass (tracing and compilation excluded).
+
+def training_throughput(
+    cfg, steps: int, repeats: int = 3, contenders=CONTENDERS, log=print
+) -> dict:
+    """Training images/s of the notebook's way, keras `fit`, the project's loop and the
+    PyTorch twin (`pipeline/torch_twin.py`).
+
+    Same model, batch, optimizer and precision for all; each pass is `steps` steps, timed
+    after one warm-up pass (tracing and compilation excluded). A contender that cannot run
+    here (torch not installed, `fit` for a tf.Module) is left out with a note in "skipped".
+    `cfg.train.precision` must be resolved (not "auto").
     """
     import keras  # noqa: PLC0415 - TensorFlow-heavy imports only when benchmarking
     import tensorflow as tf  # noqa: PLC0415
 
     from pipeline import input as inputs_lib  # noqa: PLC0415
-    from pipeline import loop, optim, precision, run  # noqa: PLC0415
+    from pipeline import loop, optim, precision, run, torch_twin  # noqa: PLC0415
 
     strategy, inputs = run.prepare(cfg)
     batch = cfg.data.batch_size
     train = inputs.splits.train
+    results, skipped = {}, {}
 
     def fresh_model_and_optimizer():
-        model = run.build(cfg, strategy)
+        model = run.build(cfg, strategy, inputs)
         opt = precision.wrap_optimizer(
             optim.make_optimizer(cfg.optim, steps * 10, steps), cfg.train.precision
         )
         return model, opt
 
-    # The notebook: numpy batches, an eager GradientTape step, no tf.function.
-    model, opt = fresh_model_and_optimizer()
-    x_all = inputs_lib.notebook_preprocess(train, inputs.splits.mean, inputs.splits.std)
-    batches = inputs_lib.NotebookIterator(x_all, train.labels, batch, shuffle=True)
+    def timed(name, measure):
+        """Stores and prints `measure()`, a `time_passes`-like result."""
+        results[name] = r = measure()
+        log(
+            f"{name:6s} {r['median']:>9,.0f} images/s  (runs: "
+            + ", ".join(f"{v:,.0f}" for v in r["runs"])
+            + ")"
+        )
 
-    def naive_pass():
-        for k, (x, y) in enumerate(batches):
-            if k == steps:
-                break
-            with tf.GradientTape() as tape:
-                logits = tf.cast(model(x, training=True), tf.float32)
-                loss = tf.reduce_mean(optim.cross_entropy(y, logits, cfg.model.num_classes))
-                scaled = opt.scale_loss(loss)
-            grads = tape.gradient(scaled, model.trainable_variables)
-            opt.apply(grads, model.trainable_variables)
-        _ = float(loss)
-        return steps * batch
+    if "naive" in contenders:
+        # The notebook: numpy batches, an eager GradientTape step, no tf.function.
+        model, opt = fresh_model_and_optimizer()
+        x_all = inputs_lib.notebook_preprocess(train, inputs.splits.mean, inputs.splits.std)
+        batches = inputs_lib.NotebookIterator(x_all, train.labels, batch, shuffle=True)
 
-    results = {"naive": _time_passes(naive_pass, repeats)}
-
-    model, opt = fresh_model_and_optimizer()
-    if isinstance(model, keras.Model):
-        model.compile(optimizer=opt, loss=run.loss_fn(cfg), metrics=["accuracy"])
-        fit_data = inputs.train_dataset_fn(0, 10_000)(None).repeat()
-
-        def fit_pass():
-            model.fit(fit_data, epochs=1, steps_per_epoch=steps, verbose=0)
+        def naive_pass():
+            for k, (x, y) in enumerate(batches):
+                if k == steps:
+                    break
+                with tf.GradientTape() as tape:
+                    logits = tf.cast(model(x, training=True), tf.float32)
+                    loss = tf.reduce_mean(optim.cross_entropy(y, logits, cfg.model.num_classes))
+                    scaled = opt.scale_loss(loss)
+                grads = tape.gradient(scaled, model.trainable_variables)
+                opt.apply(grads, model.trainable_variables)
+            _ = float(loss)
             return steps * batch
 
-        results["fit"] = _time_passes(fit_pass, repeats)
+        timed("naive", lambda: time_passes(naive_pass, repeats))
 
-    model, opt = fresh_model_and_optimizer()
-    train_steps = loop.make_train_step(model, opt, inputs, cfg, strategy)
-    iterator = iter(strategy.distribute_datasets_from_function(inputs.train_dataset_fn(0, 10_000)))
+    if "fit" in contenders:
+        model, opt = fresh_model_and_optimizer()
+        if isinstance(model, keras.Model):
+            model.compile(optimizer=opt, loss=run.loss_fn(cfg), metrics=["accuracy"])
+            fit_data = inputs.train_dataset_fn(0, 10_000)(None).repeat()
 
-    def loop_pass():
-        train_steps(iterator, tf.constant(steps)).numpy()
-        return steps * batch
+            def fit_pass():
+                model.fit(fit_data, epochs=1, steps_per_epoch=steps, verbose=0)
+                return steps * batch
 
-    results["loop"] = _time_passes(loop_pass, repeats)
-    return results
+            timed("fit", lambda: time_passes(fit_pass, repeats))
+        else:
+            skipped["fit"] = f"{cfg.model.name} is a tf.Module, not a keras.Model"
+
+    if "loop" in contenders:
+        model, opt = fresh_model_and_optimizer()
+        train_steps = loop.make_train_step(model, opt, inputs, cfg, strategy)
+        data = strategy.distribute_datasets_from_function(inputs.train_dataset_fn(0, 10_000))
+        iterator = iter(data)
+
+        def loop_pass():
+            train_steps(iterator, tf.constant(steps)).numpy()
+            return steps * batch
+
+        timed("loop", lambda: time_passes(loop_pass, repeats))
+        results["loop"]["trainable_parameters"] = run.count_params(model)
+
+    if "torch" in contenders:
+        if not torch_twin.available():
+            skipped["torch"] = "torch is not installed: pip install -e '.[compare]'"
+        elif cfg.model.name != "custom_convnet":
+            skipped["torch"] = f"the PyTorch twin reproduces custom_convnet, not {cfg.model.name}"
+        else:
+            x_all = inputs_lib.notebook_preprocess(train, inputs.splits.mean, inputs.splits.std)
+            timed(
+                "torch",
+                lambda: torch_twin.train_throughput(cfg, x_all, train.labels, steps, repeats),
+            )
+    for name, why in skipped.items():
+        log(f"{name:6s} skipped: {why}")
+    return {"results": results, "skipped": skipped}

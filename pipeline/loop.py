@@ -63,7 +63,7 @@ def make_train_step(
     grad_scales = [cfg.optim.bias_lr_scale if _is_bias(v) else 1.0 for v in variables]
     scale_grads = cfg.optim.bias_lr_scale != 1.0
 
-    def replica_step(x, y):
+    def gradients(x, y):
         if on_device:
             x = inputs.device_preprocess(*x)
         with tf.GradientTape() as tape:
@@ -75,8 +75,17 @@ def make_train_step(
         grads = tape.gradient(scaled, variables)
         if scale_grads:
             grads = [g * k if k != 1.0 else g for g, k in zip(grads, grad_scales, strict=True)]
+        return grads, _step_totals(per_example, logits, y)
+
+    if cfg.train.jit_compile:
+        # XLA fuses the whole forward and backward pass; the optimizer's cross-replica
+        # all-reduce stays outside the cluster.
+        gradients = tf.function(gradients, jit_compile=True)
+
+    def replica_step(x, y):
+        grads, totals = gradients(x, y)
         optimizer.apply(grads, variables)
-        return _step_totals(per_example, logits, y)
+        return totals
 
     @tf.function
     def train_steps(iterator, n):

@@ -79,6 +79,8 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
         metrics.json's content.
     """
     wall = time.perf_counter()
+    requested = cfg.train.precision
+    cfg, choice = precision.resolve(cfg, log)
     out = Path(cfg.train.out_dir) if cfg.train.out_dir else None
     if out:
         check_resumable(out, cfg)  # before the data is loaded: a refusal costs nothing
@@ -86,10 +88,11 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
     chief = distribute.is_chief(strategy)
     if out and chief:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+        saved = {**to_dict(cfg), "resolved": _resolved(requested, choice)}
+        (out / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
     model = build(cfg, strategy, inputs)
     log(
-        f"{cfg.model.name}: {_count_params(model):,} parameters, {strategy.num_replicas_in_sync}"
+        f"{cfg.model.name}: {count_params(model):,} parameters, {strategy.num_replicas_in_sync}"
         f" replica(s), {cfg.train.precision}, {inputs.steps_per_epoch} steps/epoch of "
         f"{cfg.data.batch_size}"
     )
@@ -101,6 +104,7 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
         "model": cfg.model.name,
         "loop": cfg.train.loop,
         "precision": cfg.train.precision,
+        "precision_choice": _resolved(requested, choice)["train.precision"],
         "replicas": strategy.num_replicas_in_sync,
         "seed": cfg.train.seed,
         **result,
@@ -111,7 +115,19 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
     return metrics
 
 
-def _count_params(model) -> int:
+def _resolved(requested: str, choice: precision.Choice) -> dict:
+    """What config.json and metrics.json record of a setting resolved for the machine."""
+    return {
+        "train.precision": {
+            "requested": requested,
+            "chosen": choice.policy,
+            "reason": choice.reason,
+            "device": choice.device,
+        }
+    }
+
+
+def count_params(model) -> int:
     return int(
         sum(
             v.shape.num_elements() if hasattr(v.shape, "num_elements") else int(tf.size(v))

@@ -3,11 +3,15 @@
 cifar-bench pipeline --data-dir DIR [--json OUT]
     images/s of the notebook's numpy iterator, a textbook per-element tf.data
     pipeline (per-image map(crop, flip)) and the project's vectorised pipeline with the
-    same augmentation. On the 2-core CPU dev machine: per-element ~10k images/s, the
-    project's pipeline ~120k (about 12x).
-cifar-bench train --model NAME [--precision P] [--json OUT]
+    same augmentation.
+cifar-bench train [--preset NAME | --model NAME] [--set KEY=VALUE] [--precision P]
+                  [--contenders naive,fit,loop,torch] [--json OUT]
     training images/s of the notebook's way (numpy iterator + eager GradientTape),
-    keras model.fit on the project's pipeline, and the project's compiled loop.
+    keras model.fit on the project's pipeline, the project's compiled loop, and the
+    PyTorch twin of custom_convnet (needs the `compare` extra: pip install -e '.[compare]';
+    skipped with a note without it).
+
+Measured figures live in the README's results section, with the commands that made them.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import itertools
 import sys
 
 from pipeline import benchmark, data
-from pipeline.config import Config, override
-from scripts.common import add_data_args, data_overrides, run_cli, write_json
+from pipeline.config import CHOICES, Config, override, parse_overrides
+from scripts.common import add_data_args, add_override_arg, data_overrides, run_cli, write_json
+
+_MODEL = "functional_three_layer_convnet"  # without --model or --preset
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -35,15 +41,33 @@ def parse(argv=None) -> argparse.Namespace:
     pipe.add_argument("--json", metavar="OUT", help="write the results here")
     train = sub.add_parser("train", help="training images/s")
     add_data_args(train)
-    train.add_argument("--model", default="functional_three_layer_convnet")
+    which = train.add_mutually_exclusive_group()
+    which.add_argument("--model", help="a model with its own recipe")
+    which.add_argument("--preset", help="a named preset, e.g. challenge or quick")
+    add_override_arg(train)
+    train.add_argument("--precision", default="auto", choices=CHOICES["train.precision"])
+    train.add_argument("--batch-size", type=int, help="default: the recipe's")
+    train.add_argument("--steps", type=int, default=200, help="timed steps per pass")
+    train.add_argument("--repeats", type=int, default=3, help="timed passes per contender")
     train.add_argument(
-        "--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"]
+        "--contenders",
+        type=_contenders,
+        default=",".join(benchmark.CONTENDERS),
+        help=f"comma-separated subset of {','.join(benchmark.CONTENDERS)}",
     )
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--steps", type=int, default=200, help="timed steps per contender")
-    train.add_argument("--repeats", type=int, default=3)
     train.add_argument("--json", metavar="OUT", help="write the results here")
     return parser.parse_args(argv)
+
+
+def _contenders(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in benchmark.CONTENDERS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown contender(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {','.join(benchmark.CONTENDERS)}"
+        )
+    return names
 
 
 def bench_pipeline(args) -> dict:
@@ -98,47 +122,66 @@ def bench_pipeline(args) -> dict:
     }
 
 
-def bench_train(args) -> dict:
+def train_config(args) -> Config:
+    """The preset's (or the model's own) recipe, with the flags and --set on top."""
     from pipeline import presets  # noqa: PLC0415
 
-    cfg = override(
-        presets.for_model(args.model),
-        {
-            **data_overrides(args),
-            "data.batch_size": args.batch_size,
-            "train.precision": args.precision,
-            "train.progress": "none",
-        },
+    cfg = presets.get(args.preset) if args.preset else presets.for_model(args.model or _MODEL)
+    updates = {**data_overrides(args), "train.precision": args.precision}
+    if args.batch_size is not None:
+        updates["data.batch_size"] = args.batch_size
+    cfg = override(cfg, {**updates, "train.progress": "none"})
+    return override(cfg, parse_overrides(args.set))
+
+
+def bench_train(args) -> dict:
+    from pipeline import precision  # noqa: PLC0415 - imports TensorFlow
+
+    cfg, choice = precision.resolve(train_config(args))
+    out = benchmark.training_throughput(
+        cfg, args.steps, args.repeats, args.contenders, log=lambda s: print(s, flush=True)
     )
-    results = benchmark.training_throughput(cfg, args.steps, args.repeats)
-    for name, r in results.items():
-        print(
-            f"{name:6s} {r['median']:>9,.0f} images/s  (runs: "
-            + ", ".join(f"{v:,.0f}" for v in r["runs"])
-            + ")",
-            flush=True,
-        )
-    naive = results["naive"]["median"]
+    results = out["results"]
     ratios = {
         f"loop_over_{k}": results["loop"]["median"] / v["median"]
         for k, v in results.items()
-        if k != "loop"
+        if k != "loop" and "loop" in results
     }
     print("  ".join(f"{k} = {v:.2f}x" for k, v in ratios.items()))
     return {
         **{k: v["median"] for k, v in results.items()},
         "runs": {k: v["runs"] for k, v in results.items()},
         **ratios,
+        "skipped": out["skipped"],
         "settings": {
-            "model": args.model,
-            "precision": args.precision,
-            "batch_size": args.batch_size,
+            "preset": args.preset,
+            "model": cfg.model.name,
+            "params": cfg.model.params,
+            "precision": cfg.train.precision,
+            "precision_reason": choice.reason,
+            "cpu": _cpu_name(),
+            "batch_size": cfg.data.batch_size,
             "steps_per_pass": args.steps,
             "repeats": args.repeats,
             "source": cfg.data.source,
-            "naive_images_per_second": naive,
+            "trainable_parameters": {
+                k: v["trainable_parameters"]
+                for k, v in results.items()
+                if "trainable_parameters" in v
+            },
         },
     }
+
+
+def _cpu_name() -> str | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 @run_cli

@@ -36,7 +36,7 @@ def parse(argv=None) -> argparse.Namespace:
         default=9,
         help="hyperband: most epochs a trial gets; others: epochs per trial",
     )
-    p.add_argument("--precision", choices=CHOICES["train.precision"], default="float32")
+    p.add_argument("--precision", choices=CHOICES["train.precision"], default="auto")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--out", default="runs/search")
     p.add_argument("--overwrite", action="store_true", help="discard a previous search in --out")

@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Tests run the kernels the console scripts run (scripts/common.run_cli); this must precede
+# TensorFlow's import.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 # CI lays shared/ beside the clone; CIFAR10_LOCAL points elsewhere if needed.
 LOCAL_CIFAR = Path(os.environ.get("CIFAR10_LOCAL", REPO.parent / "shared" / "data" / "cifar10"))

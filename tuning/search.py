@@ -60,10 +60,11 @@ def search(
     Returns:
         best.json's content on the chief / single process, None on a worker.
     """
-    from pipeline import run  # noqa: PLC0415 - imports TensorFlow
+    from pipeline import precision, run  # noqa: PLC0415 - imports TensorFlow
 
     out_path = Path(out)
     out_path.mkdir(parents=True, exist_ok=True)
+    base, _ = precision.resolve(base)  # once, so every trial trains in the same precision
     strategy, inputs = run.prepare(base)  # data is loaded once for every trial
     hypermodel = CustomConvNetHyperModel(base, inputs, strategy, out_path / "histories")
     tuner = make_tuner(
