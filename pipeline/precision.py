@@ -101,6 +101,14 @@ def resolve(cfg, log: Callable[[str], None] = print):
     return dataclasses.replace(cfg, **changes), choice
 
 
+def concrete(precision: str) -> str:
+    """`precision` itself, or what "auto" resolves to here (quietly: library callers that
+    skip `resolve` still build and train in the policy `resolve` would choose)."""
+    if precision != "auto":
+        return precision
+    return choose(precision, cpu_flags(), gpu_capabilities()).policy
+
+
 @contextlib.contextmanager
 def policy_scope(precision: str) -> Iterator[None]:
     """Builds models under `precision` ("float32", "mixed_bfloat16", "mixed_float16").
@@ -108,8 +116,7 @@ def policy_scope(precision: str) -> Iterator[None]:
     Keras layers read the policy when they are created, so the policy is set only while
     models are built and restored afterwards: nothing global outlives the scope.
     """
-    if precision == "auto":
-        raise ValueError("precision 'auto' must be resolved first (precision.resolve)")
+    precision = concrete(precision)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)
     try:
@@ -124,6 +131,6 @@ def wrap_optimizer(optimizer: keras.optimizers.Optimizer, precision: str):
     Keras 3's LossScaleOptimizer scales the loss (`scale_loss`, inside the tape), unscales
     the gradients, skips any step whose gradients are not finite and lowers the scale.
     """
-    if precision == "mixed_float16":
+    if concrete(precision) == "mixed_float16":
         return keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

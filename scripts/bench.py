@@ -11,6 +11,9 @@ cifar-bench train [--preset NAME | --model NAME] [--set KEY=VALUE] [--precision 
     PyTorch twin of custom_convnet (needs the `compare` extra: pip install -e '.[compare]';
     skipped with a note without it).
 
+cifar-bench profile [--preset NAME | --model NAME] [--set KEY=VALUE] [--steps N]
+    TensorFlow's profiler around N steps of the loop: milliseconds per step by op type.
+
 Measured figures live in the README's results section, with the commands that made them.
 """
 
@@ -40,13 +43,7 @@ def parse(argv=None) -> argparse.Namespace:
     pipe.add_argument("--repeats", type=int, default=3, help="timed epochs per contender")
     pipe.add_argument("--json", metavar="OUT", help="write the results here")
     train = sub.add_parser("train", help="training images/s")
-    add_data_args(train)
-    which = train.add_mutually_exclusive_group()
-    which.add_argument("--model", help="a model with its own recipe")
-    which.add_argument("--preset", help="a named preset, e.g. challenge or quick")
-    add_override_arg(train)
-    train.add_argument("--precision", default="auto", choices=CHOICES["train.precision"])
-    train.add_argument("--batch-size", type=int, help="default: the recipe's")
+    _add_training_args(train)
     train.add_argument("--steps", type=int, default=200, help="timed steps per pass")
     train.add_argument("--repeats", type=int, default=3, help="timed passes per contender")
     train.add_argument(
@@ -55,8 +52,23 @@ def parse(argv=None) -> argparse.Namespace:
         default=",".join(benchmark.CONTENDERS),
         help=f"comma-separated subset of {','.join(benchmark.CONTENDERS)}",
     )
-    train.add_argument("--json", metavar="OUT", help="write the results here")
+    prof = sub.add_parser("profile", help="time per op type of the loop's training step")
+    _add_training_args(prof)
+    prof.add_argument("--steps", type=int, default=4, help="profiled steps")
+    prof.add_argument("--top", type=int, default=12, help="op types listed; the rest summed")
     return parser.parse_args(argv)
+
+
+def _add_training_args(parser: argparse.ArgumentParser) -> None:
+    """What picks the trained net and recipe: `train_config` reads these."""
+    add_data_args(parser)
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", help="a model with its own recipe")
+    which.add_argument("--preset", help="a named preset, e.g. challenge or quick")
+    add_override_arg(parser)
+    parser.add_argument("--precision", default="auto", choices=CHOICES["train.precision"])
+    parser.add_argument("--batch-size", type=int, help="default: the recipe's")
+    parser.add_argument("--json", metavar="OUT", help="write the results here")
 
 
 def _contenders(text: str) -> tuple[str, ...]:
@@ -173,6 +185,29 @@ def bench_train(args) -> dict:
     }
 
 
+def bench_profile(args) -> dict:
+    from pipeline import precision, profile  # noqa: PLC0415 - imports TensorFlow
+
+    cfg, choice = precision.resolve(train_config(args))
+    result = profile.op_times(cfg, args.steps)
+    print(profile.format_table(result, args.top))
+    print(f"raw trace (TensorBoard's profile tab): {result['logdir']}")
+    return {
+        "ops": [{"op": n, "ms_per_step": ms, "share": share} for n, ms, share in result["ops"]],
+        "step_ms": result["step_ms"],
+        "settings": {
+            "preset": args.preset,
+            "model": cfg.model.name,
+            "params": cfg.model.params,
+            "precision": cfg.train.precision,
+            "precision_reason": choice.reason,
+            "cpu": _cpu_name(),
+            "batch_size": cfg.data.batch_size,
+            "steps": args.steps,
+        },
+    }
+
+
 def _cpu_name() -> str | None:
     try:
         with open("/proc/cpuinfo") as f:
@@ -187,10 +222,8 @@ def _cpu_name() -> str | None:
 @run_cli
 def main() -> None:
     args = parse()
-    if args.command == "pipeline":
-        result = bench_pipeline(args)
-    else:
-        result = bench_train(args)
+    run = {"pipeline": bench_pipeline, "train": bench_train, "profile": bench_profile}
+    result = run[args.command](args)
     if args.json:
         write_json(args.json, result)
 

@@ -31,7 +31,7 @@ def test_unknown_key_lists_valid_keys():
 def test_bad_type_and_bad_choice_raise():
     with pytest.raises(ConfigError, match="train.epochs.*int"):
         override(Config(), parse_overrides(["train.epochs=ten"]))
-    with pytest.raises(ConfigError, match="one of float32, mixed_bfloat16, mixed_float16"):
+    with pytest.raises(ConfigError, match="one of auto, float32, mixed_bfloat16, mixed_float16"):
         override(Config(), {"train.precision": "fp8"})
 
 

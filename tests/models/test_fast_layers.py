@@ -1,0 +1,132 @@
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from models import fast_layers
+from models.registry import build_model
+from pipeline import precision
+from pipeline.config import ModelConfig
+
+
+def _x(shape=(8, 5, 5, 6), seed=0):
+    rng = np.random.default_rng(seed)
+    return tf.constant(rng.standard_normal(shape).astype(np.float32) * 3 + 1)
+
+
+def _bn_pair(x, policy, **kwargs):
+    with precision.policy_scope(policy):
+        stock = keras.layers.BatchNormalization(**kwargs)
+        fused = fast_layers.BatchNorm(**kwargs)
+    for layer in (stock, fused):
+        layer.build(x.shape)
+        if layer.beta is not None:
+            layer.beta.assign(tf.linspace(-1.0, 1.0, x.shape[-1]))
+        if layer.gamma is not None:
+            layer.gamma.assign(tf.linspace(0.5, 2.0, x.shape[-1]))
+    return stock, fused
+
+
+def _run(layer, x, training, compiled):
+    # Random weights: a sum of squares of normalised values would be constant in x.
+    weights = tf.constant(np.random.default_rng(1).standard_normal(x.shape), tf.float32)
+
+    def forward(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.cast(layer(x, training=training), tf.float32)
+            loss = tf.reduce_sum(tf.square(y) * weights)
+        return y, tape.gradient(loss, [x, *layer.trainable_variables])
+
+    fn = tf.function(forward) if compiled else forward
+    y, grads = fn(x)
+    return y.numpy(), [g.numpy() for g in grads]
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf.function"])
+@pytest.mark.parametrize(
+    "policy,kwargs",
+    [
+        ("float32", {"momentum": 0.4, "epsilon": 1e-12, "scale": False}),
+        ("float32", {"momentum": 0.9, "epsilon": 1e-3}),
+        ("mixed_bfloat16", {"momentum": 0.4, "epsilon": 1e-12, "scale": False}),
+    ],
+)
+def test_fused_batch_norm_matches_keras(policy, kwargs, compiled):
+    x = _x()
+    stock, fused = _bn_pair(x, policy, **kwargs)
+    tol = 1e-5 if policy == "float32" else 2e-2
+    for training in (True, False):
+        y_stock, g_stock = _run(stock, x, training, compiled)
+        y_fused, g_fused = _run(fused, x, training, compiled)
+        assert y_fused.dtype == y_stock.dtype
+        np.testing.assert_allclose(y_fused, y_stock, rtol=tol, atol=tol * 10)
+        assert len(g_fused) == len(g_stock)
+        for a, b in zip(g_fused, g_stock, strict=True):
+            scale = np.abs(b).max()
+            np.testing.assert_allclose(a / scale, b / scale, atol=tol * 10)
+        # Same moving-average rule (biased batch variance), so the same running statistics.
+        np.testing.assert_allclose(fused.moving_mean.numpy(), stock.moving_mean.numpy(), rtol=1e-5)
+        np.testing.assert_allclose(
+            fused.moving_variance.numpy(), stock.moving_variance.numpy(), rtol=1e-5
+        )
+    with precision.policy_scope(policy):
+        out = fused(x, training=False)
+    assert out.dtype == keras.mixed_precision.Policy(policy).compute_dtype
+
+
+def test_fused_batch_norm_normalises_2d_input():
+    x = _x((64, 7))
+    stock, fused = _bn_pair(x, "float32", momentum=0.5)
+    np.testing.assert_allclose(
+        fused(x, training=True).numpy(), stock(x, training=True).numpy(), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        fused.moving_variance.numpy(), stock.moving_variance.numpy(), rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf.function"])
+def test_fused_gelu_is_exact_gelu_with_its_gradient(compiled):
+    x = tf.constant(np.linspace(-8, 8, 4001, dtype=np.float32))
+
+    def value_and_grad(fn):
+        def run(x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = fn(x)
+            return y, tape.gradient(y, x)
+
+        return (tf.function(run) if compiled else run)(x)
+
+    y, dy = value_and_grad(fast_layers.gelu)
+    y_ref, dy_ref = value_and_grad(lambda x: keras.activations.gelu(x, approximate=False))
+    np.testing.assert_allclose(y.numpy(), y_ref.numpy(), atol=1e-6)
+    np.testing.assert_allclose(dy.numpy(), dy_ref.numpy(), atol=1e-5)
+    # The tanh approximation would differ by up to ~5e-4 here: this is the exact one.
+    assert np.abs(y.numpy() - keras.activations.gelu(x, approximate=True).numpy()).max() > 1e-4
+
+
+def test_fused_and_stock_custom_convnet_compute_the_same():
+    def model(fused):
+        cfg = ModelConfig(name="custom_convnet", params={"size": "tiny", "fused": fused})
+        return build_model(cfg)
+
+    fast, stock = model(True), model(False)
+    assert [v.shape for v in fast.weights] == [v.shape for v in stock.weights]
+    fast.set_weights(stock.get_weights())
+    x = _x((4, 32, 32, 3))
+    y = tf.constant([0, 1, 2, 3])
+
+    def step(m):
+        with tf.GradientTape() as tape:
+            logits = m(x, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits))
+        return logits.numpy(), [g.numpy() for g in tape.gradient(loss, m.trainable_variables)]
+
+    (l_fast, g_fast), (l_stock, g_stock) = step(fast), step(stock)
+    np.testing.assert_allclose(l_fast, l_stock, atol=1e-4)
+    for a, b in zip(g_fast, g_stock, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, np.abs(b).max()))
+    for a, b in zip(fast.non_trainable_weights, stock.non_trainable_weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)  # BN running statistics
