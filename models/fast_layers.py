@@ -71,6 +71,10 @@ class BatchNorm(keras.layers.Layer):
 
     def build(self, input_shape):
         shape = (input_shape[-1],)
+        # cuDNN's batch norm refuses epsilon < 1e-5 (CUDNN_BN_MIN_EPSILON); TensorFlow's
+        # own wrapper clamps it the same way. The CPU kernels take any epsilon.
+        gpu = bool(tf.config.list_logical_devices("GPU"))
+        self._kernel_epsilon = max(self.epsilon, 1.001e-5) if gpu else self.epsilon
 
         def weight(name, init, trainable=True):
             return self.add_weight(
@@ -88,7 +92,9 @@ class BatchNorm(keras.layers.Layer):
         gamma = tf.convert_to_tensor(self.gamma) if self.scale else ones
         beta = tf.convert_to_tensor(self.beta) if self.center else zeros
         if training and self.trainable:
-            y, mean, variance = _fused_batch_norm(x, gamma, beta, zeros, ones, self.epsilon, True)
+            y, mean, variance = _fused_batch_norm(
+                x, gamma, beta, zeros, ones, self._kernel_epsilon, True
+            )
             # The kernel's variance is Bessel-corrected; Keras's moving average uses the
             # biased one, so undo the correction to stay interchangeable.
             n = tf.cast(tf.size(x) // channels, tf.float32)
@@ -105,7 +111,7 @@ class BatchNorm(keras.layers.Layer):
             beta,
             tf.convert_to_tensor(self.moving_mean),
             tf.convert_to_tensor(self.moving_variance),
-            self.epsilon,
+            self._kernel_epsilon,
             False,
         )
         return y

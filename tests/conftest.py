@@ -33,10 +33,32 @@ def seed_everything():
         pass
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--require-real-data",
+        action="store_true",
+        help="fail (not skip) the real_data tests when the CIFAR-10 copy is missing; "
+        "on whenever CI=true",
+    )
+
+
+def _real_data_required(config) -> bool:
+    return config.getoption("--require-real-data") or os.environ.get("CI", "").lower() in (
+        "true",
+        "1",
+    )
+
+
 @pytest.fixture(scope="session")
-def local_cifar() -> Path:
+def local_cifar(request) -> Path:
     if not (LOCAL_CIFAR / "cifar-10-batches-bin").is_dir():
-        pytest.skip(f"no local CIFAR-10 copy at {LOCAL_CIFAR}")
+        message = (
+            f"no local CIFAR-10 copy at {LOCAL_CIFAR} (the official binary release, holding "
+            "cifar-10-batches-bin/); lay shared/ beside the repo or set CIFAR10_LOCAL"
+        )
+        if _real_data_required(request.config):
+            pytest.fail(message + " -- required here (CI=true or --require-real-data)")
+        pytest.skip(message)
     return LOCAL_CIFAR
 
 
