@@ -68,13 +68,10 @@ def _airbench(changes: dict) -> Config:
 
 @preset
 def challenge() -> Config:
-    """custom_convnet, 10 epochs: the best test accuracy this CPU affords in 10 epochs.
+    """custom_convnet, 10 epochs: the best test accuracy a 2-core CPU affords in 10 epochs.
 
-    airbench94's widths (64/256/256) train at ~58 images/s on the 2-core CPU dev machine
-    (2.4 h for 10 epochs), so the preset uses the "medium" widths (48/128/128, ~215
-    images/s). Measured on the 2-core CPU dev machine: 92.0% test accuracy with TTA
-    (91.0% without), 92.5% val, 38 minutes of training (41 minutes wall). The "small"
-    widths (32/64/128) reach 89.9% in 22 minutes.
+    The "medium" widths (48/128/128): airbench94's own widths take about 2.4x as long per
+    epoch on a CPU. The README's results table gives the measured accuracy and time.
     """
     return _airbench({"model.params": {"size": "medium"}, "train.epochs": 10})
 
@@ -83,8 +80,7 @@ def challenge() -> Config:
 def challenge_airbench94() -> Config:
     """The full airbench94 widths (64/256/256), batch 1024: meant for a GPU.
 
-    Not run to the end here, so its accuracy is unmeasured: it trains at ~58 images/s
-    on the 2-core CPU dev machine, so 10 epochs would take about 2.4 h.
+    Its accuracy has not been measured to the end yet (see the README).
     """
     return _airbench(
         {
@@ -98,11 +94,10 @@ def challenge_airbench94() -> Config:
 
 @preset
 def quick() -> Config:
-    """The shortest wall time to 70% validation accuracy on the 2-core CPU dev machine.
+    """The shortest wall time to 70% validation accuracy on a 2-core CPU.
 
-    "tiny" widths (16/32/64) at batch 128 for one epoch: 71.3% val (70.0% test) after
-    55 s of training (median of 3 runs: 52, 55, 55 s), 84-95 s wall with start-up,
-    measured on the 2-core CPU dev machine. With `--epochs 2`: 78.9% val.
+    "tiny" widths (16/32/64) at batch 128 for one epoch; the README's results table gives
+    the measured accuracy and time.
     """
     return _airbench(
         {

@@ -166,13 +166,7 @@ def bench_train(args) -> dict:
         **ratios,
         "skipped": out["skipped"],
         "settings": {
-            "preset": args.preset,
-            "model": cfg.model.name,
-            "params": cfg.model.params,
-            "precision": cfg.train.precision,
-            "precision_reason": choice.reason,
-            "cpu": _cpu_name(),
-            "batch_size": cfg.data.batch_size,
+            **_settings(args, cfg, choice),
             "steps_per_pass": args.steps,
             "repeats": args.repeats,
             "source": cfg.data.source,
@@ -195,16 +189,20 @@ def bench_profile(args) -> dict:
     return {
         "ops": [{"op": n, "ms_per_step": ms, "share": share} for n, ms, share in result["ops"]],
         "step_ms": result["step_ms"],
-        "settings": {
-            "preset": args.preset,
-            "model": cfg.model.name,
-            "params": cfg.model.params,
-            "precision": cfg.train.precision,
-            "precision_reason": choice.reason,
-            "cpu": _cpu_name(),
-            "batch_size": cfg.data.batch_size,
-            "steps": args.steps,
-        },
+        "settings": {**_settings(args, cfg, choice), "steps": args.steps},
+    }
+
+
+def _settings(args, cfg: Config, choice) -> dict:
+    """What a training measurement ran: net, precision and why, CPU, batch."""
+    return {
+        "preset": args.preset,
+        "model": cfg.model.name,
+        "params": cfg.model.params,
+        "precision": cfg.train.precision,
+        "precision_reason": choice.reason,
+        "cpu": _cpu_name(),
+        "batch_size": cfg.data.batch_size,
     }
 
 

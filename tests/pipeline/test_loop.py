@@ -1,3 +1,4 @@
+import collections
 import json
 import os
 import signal
@@ -66,17 +67,36 @@ def test_mixed_precision_trains(policy):
     assert np.isfinite(losses).all() and losses[1] < losses[0]
 
 
-def test_loss_scaling_skips_a_non_finite_step():
-    var = tf.Variable([1.0, 2.0])
-    opt = precision.wrap_optimizer(keras.optimizers.SGD(0.1), "mixed_float16")
-    opt.build([var])
+def test_float16_train_step_skips_a_non_finite_batch_and_scales_the_loss():
+    cfg = tiny_config(**{"train.precision": "mixed_float16", "optim.lr": 0.05})
+    strategy, inputs = run.prepare(cfg)
+    model = run.build(cfg, strategy)
+    opt = precision.wrap_optimizer(optim.make_optimizer(cfg.optim, 100, 10), "mixed_float16")
+    opt.build(model.trainable_variables)
+    step = loop.make_train_step(model, opt, inputs, cfg, strategy)
+    x = tf.constant(np.random.default_rng(0).standard_normal((32, 32, 32, 3)), tf.float32)
+    y = tf.constant(np.arange(32) % 10, tf.int32)
+    poisoned = tf.tensor_scatter_nd_update(x, [[0, 0, 0, 0]], [np.inf])
+    batches = iter(tf.data.Dataset.from_tensor_slices((tf.stack([poisoned, x]), tf.stack([y, y]))))
+    weights = [v.numpy() for v in model.trainable_variables]
     scale = float(opt.dynamic_scale.numpy())
-    opt.apply([tf.constant([np.inf, 1.0])], [var])
-    np.testing.assert_array_equal(var.numpy(), [1.0, 2.0])
+
+    step(batches, tf.constant(1))  # inf input -> non-finite gradients: no update
+    for v, w in zip(model.trainable_variables, weights, strict=True):
+        np.testing.assert_array_equal(v.numpy(), w)
     assert float(opt.dynamic_scale.numpy()) == scale / 2
-    assert opt.scale_loss(tf.constant(1.0)).numpy() == scale / 2
-    opt.apply([opt.scale_loss(tf.constant([1.0, 1.0]))], [var])
-    np.testing.assert_allclose(var.numpy(), [0.9, 1.9], rtol=1e-6)
+
+    # The next, finite step updates by -lr * gradient of the unscaled mean loss: the loss
+    # was scaled inside the step and the gradients unscaled by the optimizer.
+    with tf.GradientTape() as tape:
+        logits = tf.cast(model(x, training=True), tf.float32)
+        loss = tf.reduce_mean(optim.cross_entropy(y, logits, 10))
+    grads = tape.gradient(loss, model.trainable_variables)
+    step(batches, tf.constant(1))
+    for v, w, g in zip(model.trainable_variables, weights, grads, strict=True):
+        update = v.numpy() - w
+        expected = -0.05 * g.numpy()
+        assert np.linalg.norm(update - expected) <= 0.05 * np.linalg.norm(expected), v.path
 
 
 def test_schedules():
@@ -101,22 +121,84 @@ def test_label_smoothing_loss():
     assert float(smooth[0]) == pytest.approx(expected, rel=1e-6)
 
 
-def test_resume_continues_where_it_stopped(tmp_path):
-    full = run.train(
-        tiny_config(**{"train.epochs": 3, "train.out_dir": str(tmp_path / "a")}), log=lambda s: None
-    )
+# The challenge recipe in miniature: every piece of state a resume must carry over.
+RECIPE = {
+    "model.name": "custom_convnet",
+    "model.params": {"size": "tiny"},
+    "data.synthetic_examples": 512,
+    "data.batch_size": 64,
+    "data.augment.translate": 2,
+    "data.augment.pad_mode": "reflect",
+    "data.augment.flip": "alternate",
+    "optim.optimizer": "nesterov",
+    "optim.lr": 0.2,
+    "optim.momentum": 0.85,
+    "optim.weight_decay": 5e-3,
+    "optim.schedule": "onecycle",
+    "optim.warmup_epochs": 1.0,
+    "optim.final_lr_fraction": 0.1,
+    "optim.label_smoothing": 0.2,
+    "optim.bias_lr_scale": 8.0,
+    "optim.ema_decay": 0.9,
+    "train.bn_recalibration_batches": 1,
+    "train.epochs": 3,
+}
+
+
+def checkpoint_values(out) -> dict:
+    """Every variable of the run's latest checkpoint, by its checkpoint key."""
+    reader = tf.train.load_checkpoint(str(Path(out) / "checkpoints"))
+    return {
+        key: reader.get_tensor(key)
+        for key in reader.get_variable_to_shape_map()
+        if key != "_CHECKPOINTABLE_OBJECT_GRAPH"
+    }
+
+
+def assert_same_state(resumed: dict, uninterrupted: dict) -> None:
+    assert resumed.keys() == uninterrupted.keys()
+    # What a resume could silently lose must be in the comparison. Keras checkpoints
+    # the optimizer's slots by position: one momentum and one EMA average per weight.
+    count = collections.Counter(key.rsplit("/", 3)[0].rstrip("0123456789/") for key in resumed)
+    weights = count["optimizer/_trainable_variables"]
+    assert weights > 0 and count["optimizer/_variables"] == 2 * weights, count
+    for key in ("optimizer/_iterations", "epoch"):
+        assert f"{key}/.ATTRIBUTES/VARIABLE_VALUE" in resumed
+    assert sum("moving_mean" in k or "moving_variance" in k for k in resumed) >= 2 * 6
+    for key, value in uninterrupted.items():
+        np.testing.assert_allclose(resumed[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+class _StopAfterEpoch(keras.callbacks.Callback):
+    """Ends the run like a crash, right after the checkpoint of `epoch` is written."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_on_the_real_recipe_restores_every_variable(tmp_path):
+    full_out, out = tmp_path / "uninterrupted", tmp_path / "resumed"
+    full = run.train(tiny_config(**RECIPE, **{"train.out_dir": str(full_out)}), log=lambda s: None)
+    cfg = tiny_config(**RECIPE, **{"train.out_dir": str(out)})
+    with pytest.raises(KeyboardInterrupt):
+        run.train(cfg, log=lambda s: None, callbacks=[_StopAfterEpoch(1)])
     logs = []
-    out = str(tmp_path / "b")
-    run.train(tiny_config(**{"train.epochs": 1, "train.out_dir": out}), log=logs.append)
-    resumed = run.train(tiny_config(**{"train.epochs": 3, "train.out_dir": out}), log=logs.append)
+    resumed = run.train(cfg, log=logs.append)
     assert any("resuming from the checkpoint of epoch 1" in line for line in logs)
     assert [r["epoch"] for r in resumed["history"]] == [1, 2, 3]
     for a, b in zip(full["history"], resumed["history"], strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
+        assert b["lr"] == pytest.approx(a["lr"], rel=1e-6)
     assert resumed["test_accuracy"] == pytest.approx(full["test_accuracy"])
+    assert_same_state(checkpoint_values(out), checkpoint_values(full_out))
     for name in ("config.json", "metrics.json", "history.json", "curves.png"):
-        assert (Path(out) / name).is_file()
-    assert list((Path(out) / "tensorboard").iterdir())
+        assert (out / name).is_file()
+    assert list((out / "tensorboard").iterdir())
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -158,7 +240,6 @@ TINY = [
 ]
 
 
-@pytest.mark.slow
 def test_resume_into_a_run_of_another_model_is_refused_and_keeps_its_files(tmp_path):
     out = tmp_path / "run"
     run.train(tiny_config(**{"train.out_dir": str(out)}), log=lambda s: None)
@@ -169,23 +250,45 @@ def test_resume_into_a_run_of_another_model_is_refused_and_keeps_its_files(tmp_p
     assert (out / "config.json").read_text() == saved
 
 
+def _recipe_flags(epochs: int) -> list[str]:
+    flags = ["--synthetic", "--quiet", "--epochs", str(epochs)]
+    for key, value in RECIPE.items():
+        if key != "train.epochs":
+            flags += ["--set", f"{key}={json.dumps(value) if isinstance(value, dict) else value}"]
+    return flags
+
+
+@pytest.mark.slow
 def test_kill_9_then_the_same_command_resumes(tmp_path):
-    out = tmp_path / "run"
-    cmd = _cli(*TINY, "--epochs", "8", "--out", str(out))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out, full_out = tmp_path / "run", tmp_path / "uninterrupted"
+    epochs = 6
+    cmd = _cli(*_recipe_flags(epochs), "--out", str(out))
     proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
-    deadline = time.time() + 120
+    deadline = time.time() + 180
     while time.time() < deadline and not (out / "checkpoints" / "ckpt-2.index").exists():
-        time.sleep(0.2)
+        time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) < epochs, "the run ended before it could be killed"
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming from the checkpoint of epoch" in done.stdout
     history = json.loads((out / "history.json").read_text())
-    assert [r["epoch"] for r in history] == list(range(1, 9))
+    assert [r["epoch"] for r in history] == list(range(1, epochs + 1))
+    full = subprocess.run(
+        _cli(*_recipe_flags(epochs), "--out", str(full_out)),
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert full.returncode == 0, full.stderr[-2000:]
+    assert_same_state(checkpoint_values(out), checkpoint_values(full_out))
 
 
 @pytest.mark.slow
