@@ -144,8 +144,19 @@ def fit_with_keras(model, inputs: Inputs, cfg: Config, strategy, log=print) -> d
             f"--loop fit needs a keras.Model; {cfg.model.name} is a tf.Module "
             "(a low-level variant): use --loop custom."
         )
-    if cfg.data.augment_on_device or cfg.train.tta != "none":
-        raise RunError("--loop fit supports neither augment_on_device nor tta: use --loop custom")
+    ignored = {
+        "data.augment_on_device": cfg.data.augment_on_device,
+        "train.tta": cfg.train.tta != "none",
+        "optim.bias_lr_scale": cfg.optim.bias_lr_scale != 1.0,
+        "optim.ema_decay": cfg.optim.ema_decay != 0.0,
+        "train.bn_recalibration_batches": cfg.train.bn_recalibration_batches != 0,
+    }
+    asked = [key for key, on in ignored.items() if on]
+    if asked:
+        raise RunError(
+            f"--loop fit (Keras's model.fit) cannot apply {', '.join(asked)}: use --loop "
+            "custom, or reset them (e.g. --set optim.bias_lr_scale=1)"
+        )
     steps = loop.steps_per_epoch(inputs, cfg.train)
     with strategy.scope():
         optimizer = precision.wrap_optimizer(

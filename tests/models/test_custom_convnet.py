@@ -83,12 +83,17 @@ def test_tta_averages_flips_and_shifts():
     flipped = tf.reverse(x, axis=[2])
     expected = (model(x) + model(flipped)) / 2
     np.testing.assert_allclose(loop.predict_logits(model, x, "flip"), expected, atol=1e-5)
-    # flip_translate adds each view shifted by 1 px down-right and up-left.
+    # flip_translate adds each view moved 1 px down-right and 1 px up-left, the uncovered
+    # edge filled by reflection; built here by index arithmetic, not the loop's padding.
     six = loop.predict_logits(model, x, "flip_translate")
-    views = [x, flipped]
-    padded = [tf.pad(v, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT") for v in views]
-    views += [p[:, :-2, :-2] for p in padded] + [p[:, 2:, 2:] for p in padded]
-    np.testing.assert_allclose(six, tf.add_n([model(v) for v in views]) / 6, atol=1e-5)
+    n = np.arange(32)
+    down_right = np.abs(n - 1)  # output row i shows input row i - 1; row -1 reflects to 1
+    up_left = 31 - np.abs(30 - n)  # output row i shows input row i + 1; row 32 reflects to 30
+    views = []
+    for v in (x.numpy(), x.numpy()[:, :, ::-1]):
+        views += [v, v[:, down_right][:, :, down_right], v[:, up_left][:, :, up_left]]
+    expected = np.mean([model(v).numpy() for v in views], axis=0)
+    np.testing.assert_allclose(six, expected, atol=1e-5)
 
 
 def test_bias_learning_rate_scale_targets_biases_and_bn_shifts():

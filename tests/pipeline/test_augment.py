@@ -60,11 +60,12 @@ def test_alternate_flip_mirrors_every_other_epoch():
     cfg = AugmentConfig(flip="alternate")
     e0, e1, e2 = (augment.augment(x, keys, e, cfg).numpy() for e in (0, 1, 2))
     mirrored0 = np.array(
-        [np.array_equal(a, b[:, ::-1]) for a, b in zip(e0, x.numpy(), strict=False)]
+        [np.array_equal(a, b[:, ::-1]) for a, b in zip(e0, x.numpy(), strict=True)]
     )
     assert 0.2 < mirrored0.mean() < 0.8
     assert np.array_equal(e0, e2)
-    for a, b in zip(e0, e1, strict=False):
+    assert len(e0) == len(e1) == 64
+    for a, b in zip(e0, e1, strict=True):
         assert np.array_equal(a[:, ::-1], b), "each epoch mirrors what the last did not"
 
 

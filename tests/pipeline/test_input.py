@@ -48,7 +48,8 @@ def test_same_seed_same_batches_and_resume_sees_the_same_epoch(synthetic_splits)
     first = list(a.train_dataset_fn(0, 3)())
     again = list(b.train_dataset_fn(2, 3)())  # a run resumed at epoch 2
     steps = a.steps_per_epoch
-    for (x1, y1), (x2, y2) in zip(first[2 * steps :], again, strict=False):
+    assert len(again) == steps and len(first) == 3 * steps
+    for (x1, y1), (x2, y2) in zip(first[2 * steps :], again, strict=True):
         assert np.array_equal(x1.numpy(), x2.numpy()) and np.array_equal(y1.numpy(), y2.numpy())
     c = inputs_lib.make_inputs(synthetic_splits, a.cfg, seed=1)
     assert not np.array_equal(_epoch(c)[0][1], _epoch(a)[0][1])
