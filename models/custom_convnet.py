@@ -47,12 +47,19 @@ def _activation(name: str, fused: bool):
     return keras.layers.Activation(name)
 
 
-def _bn(batch_norm: bool, frozen_scale: bool, momentum: float, name: str, fused: bool):
+def _bn(batch_norm: bool, frozen_scale: bool, momentum: float, name: str, fused: bool, sync: bool):
     if not batch_norm:
         return None
     # airbench freezes BN's scale at 1 and learns only its shift.
     layer = fast_layers.BatchNorm if fused else keras.layers.BatchNormalization
-    return layer(momentum=momentum, epsilon=1e-12, center=True, scale=not frozen_scale, name=name)
+    return layer(
+        momentum=momentum,
+        epsilon=1e-12,
+        center=True,
+        scale=not frozen_scale,
+        synchronized=sync,
+        name=name,
+    )
 
 
 @register(
@@ -77,6 +84,8 @@ def custom_convnet(
     activation: str = "gelu",
     logit_scale: float = 1 / 9,  # airbench scales logits down; keeps early softmax soft
     fused: bool = True,  # fused BN + GELU kernels (models/fast_layers.py); False = stock Keras
+    sync_bn: bool = True,  # with >1 replicas, BN statistics of the global batch (N replicas
+    # train as one); costs an all-reduce per BN layer and the unfused kernel
 ):
     _check_choices(size=(size, SIZES), stem=(stem, STEMS), pool=(pool, POOLS), head=(head, HEADS))
     _check_choices(activation=(activation, ACTIVATIONS))
@@ -99,7 +108,7 @@ def custom_convnet(
                 y = (keras.layers.MaxPooling2D if pool == "max" else keras.layers.AveragePooling2D)(
                     2, name=f"stage{s}_pool"
                 )(y)
-            bn = _bn(batch_norm, frozen_bn_scale, bn_momentum, f"stage{s}_bn{d}", fused)
+            bn = _bn(batch_norm, frozen_bn_scale, bn_momentum, f"stage{s}_bn{d}", fused, sync_bn)
             y = bn(y) if bn is not None else y
             y = _activation(activation, fused)(y)
             x = keras.layers.Add()([x, y]) if residual and d > 0 else y

@@ -7,6 +7,8 @@ These give the same numbers in far fewer passes over memory:
 
 - `BatchNorm`: TensorFlow's `FusedBatchNormV3` kernel (oneDNN runs it natively, in
   bfloat16 too); same variables, defaults and moving-average rule as Keras's layer.
+  Under a strategy with more than one replica it normalises with the statistics of the
+  global batch (synchronized, as Keras's `synchronized=True`), so N replicas train as one.
 - `gelu`: exact (erf) GELU whose forward and backward are each one XLA-fused loop.
 """
 
@@ -63,11 +65,13 @@ class BatchNorm(keras.layers.Layer):
         epsilon: float = 1e-3,
         center: bool = True,
         scale: bool = True,
+        synchronized: bool = True,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.momentum, self.epsilon = float(momentum), float(epsilon)
         self.center, self.scale = center, scale
+        self.synchronized = synchronized
 
     def build(self, input_shape):
         shape = (input_shape[-1],)
@@ -91,6 +95,13 @@ class BatchNorm(keras.layers.Layer):
         ones, zeros = tf.ones([channels]), tf.zeros([channels])
         gamma = tf.convert_to_tensor(self.gamma) if self.scale else ones
         beta = tf.convert_to_tensor(self.beta) if self.center else zeros
+        replica = tf.distribute.get_replica_context()
+        if training and self.trainable and self.synchronized and _replicas(replica) > 1:
+            y, mean, variance = _synchronized_batch_norm(
+                x, gamma, beta, self._kernel_epsilon, replica
+            )
+            self._update_moving(mean, variance)
+            return y
         if training and self.trainable:
             y, mean, variance = _fused_batch_norm(
                 x, gamma, beta, zeros, ones, self._kernel_epsilon, True
@@ -99,11 +110,7 @@ class BatchNorm(keras.layers.Layer):
             # biased one, so undo the correction to stay interchangeable.
             n = tf.cast(tf.size(x) // channels, tf.float32)
             variance = variance * (n - 1.0) / tf.maximum(n, 1.0)
-            m = self.momentum
-            self.moving_mean.assign(self.moving_mean * m + tf.stop_gradient(mean) * (1.0 - m))
-            self.moving_variance.assign(
-                self.moving_variance * m + tf.stop_gradient(variance) * (1.0 - m)
-            )
+            self._update_moving(mean, variance)
             return y
         y, _, _ = _fused_batch_norm(
             x,
@@ -116,6 +123,13 @@ class BatchNorm(keras.layers.Layer):
         )
         return y
 
+    def _update_moving(self, mean, variance):
+        m = self.momentum
+        self.moving_mean.assign(self.moving_mean * m + tf.stop_gradient(mean) * (1.0 - m))
+        self.moving_variance.assign(
+            self.moving_variance * m + tf.stop_gradient(variance) * (1.0 - m)
+        )
+
     def compute_output_shape(self, input_shape):
         return input_shape
 
@@ -126,7 +140,27 @@ class BatchNorm(keras.layers.Layer):
             "epsilon": self.epsilon,
             "center": self.center,
             "scale": self.scale,
+            "synchronized": self.synchronized,
         }
+
+
+def _replicas(replica_context) -> int:
+    return replica_context.num_replicas_in_sync if replica_context is not None else 1
+
+
+def _synchronized_batch_norm(x, scale, offset, epsilon: float, replica_context):
+    """Batch norm over the GLOBAL batch: per-channel sums all-reduced across replicas, so
+    N replicas normalise as one replica would on their concatenated batches. Unfused (the
+    statistics must be differentiable through the all-reduce), in float32."""
+    x32 = tf.cast(x, tf.float32)
+    axes = list(range(x.shape.rank - 1))
+    count = replica_context.all_reduce("SUM", tf.cast(tf.size(x32) // x.shape[-1], tf.float32))
+    mean = replica_context.all_reduce("SUM", tf.reduce_sum(x32, axes)) / count
+    # Two passes, as the fused kernel: E[x^2] - E[x]^2 loses digits when |mean| >> std.
+    centred = tf.reduce_sum(tf.square(x32 - mean), axes)
+    variance = replica_context.all_reduce("SUM", centred) / count  # biased, as Keras's
+    y = tf.nn.batch_normalization(x32, mean, variance, offset, scale, epsilon)
+    return tf.cast(y, x.dtype), mean, variance
 
 
 def _fused_batch_norm(x, scale, offset, mean, variance, epsilon: float, training: bool):
