@@ -82,9 +82,10 @@ def training_throughput(
 
     def fresh_model_and_optimizer():
         model = run.build(cfg, strategy, inputs)
-        opt = precision.wrap_optimizer(
-            optim.make_optimizer(cfg.optim, steps * 10, steps), cfg.train.precision
-        )
+        with strategy.scope():  # the optimizer's slots live where the model's weights do
+            opt = precision.wrap_optimizer(
+                optim.make_optimizer(cfg.optim, steps * 10, steps), cfg.train.precision
+            )
         return model, opt
 
     def timed(name, measure):

@@ -26,9 +26,10 @@ def op_times(cfg, steps: int) -> dict:
 
     strategy, inputs = run.prepare(cfg)
     model = run.build(cfg, strategy, inputs)
-    opt = precision.wrap_optimizer(
-        optim.make_optimizer(cfg.optim, steps * 10, steps), cfg.train.precision
-    )
+    with strategy.scope():
+        opt = precision.wrap_optimizer(
+            optim.make_optimizer(cfg.optim, steps * 10, steps), cfg.train.precision
+        )
     train_steps = loop.make_train_step(model, opt, inputs, cfg, strategy)
     iterator = iter(strategy.distribute_datasets_from_function(inputs.train_dataset_fn(0, 10_000)))
     train_steps(iterator, tf.constant(2)).numpy()

@@ -163,3 +163,19 @@ def test_search_reexecutes_itself_with_few_malloc_arenas(monkeypatch):
     assert calls == [[sys.executable, "-m", "scripts.tune", "--max-trials", "3"]]
     tune.few_malloc_arenas(["--max-trials", "3"])  # already set: runs on, no second exec
     assert len(calls) == 1
+
+
+def test_hyperband_continuation_trains_only_the_later_epochs_on_the_same_schedule():
+    from pipeline import run
+    from tuning.hypermodel import CustomConvNetHyperModel
+
+    base = tiny_config(**{"model.name": "custom_convnet", "model.params": {"size": "tiny"}})
+    hp = _random_values(0)
+    strategy, inputs = run.prepare(base)
+    hypermodel = CustomConvNetHyperModel(base, inputs, strategy)
+    full = hypermodel.fit(hp, hypermodel.build(hp), epochs=3).history
+    # Hyperband hands a promoted trial the weights it had and initial_epoch: it trains
+    # epoch 3 alone, at epoch 3's learning rate, not a fresh schedule from epoch 1.
+    continued = hypermodel.fit(hp, hypermodel.build(hp), epochs=3, initial_epoch=2).history
+    assert len(full["lr"]) == 3 and len(continued["lr"]) == 1
+    assert continued["lr"][0] == pytest.approx(full["lr"][2])
