@@ -95,14 +95,23 @@ class BatchNorm(keras.layers.Layer):
         ones, zeros = tf.ones([channels]), tf.zeros([channels])
         gamma = tf.convert_to_tensor(self.gamma) if self.scale else ones
         beta = tf.convert_to_tensor(self.beta) if self.center else zeros
+        if not (training and self.trainable):
+            y, _, _ = _fused_batch_norm(
+                x,
+                gamma,
+                beta,
+                tf.convert_to_tensor(self.moving_mean),
+                tf.convert_to_tensor(self.moving_variance),
+                self._kernel_epsilon,
+                False,
+            )
+            return y
         replica = tf.distribute.get_replica_context()
-        if training and self.trainable and self.synchronized and _replicas(replica) > 1:
+        if self.synchronized and _replicas(replica) > 1:
             y, mean, variance = _synchronized_batch_norm(
                 x, gamma, beta, self._kernel_epsilon, replica
             )
-            self._update_moving(mean, variance)
-            return y
-        if training and self.trainable:
+        else:
             y, mean, variance = _fused_batch_norm(
                 x, gamma, beta, zeros, ones, self._kernel_epsilon, True
             )
@@ -110,25 +119,12 @@ class BatchNorm(keras.layers.Layer):
             # biased one, so undo the correction to stay interchangeable.
             n = tf.cast(tf.size(x) // channels, tf.float32)
             variance = variance * (n - 1.0) / tf.maximum(n, 1.0)
-            self._update_moving(mean, variance)
-            return y
-        y, _, _ = _fused_batch_norm(
-            x,
-            gamma,
-            beta,
-            tf.convert_to_tensor(self.moving_mean),
-            tf.convert_to_tensor(self.moving_variance),
-            self._kernel_epsilon,
-            False,
-        )
-        return y
-
-    def _update_moving(self, mean, variance):
         m = self.momentum
         self.moving_mean.assign(self.moving_mean * m + tf.stop_gradient(mean) * (1.0 - m))
         self.moving_variance.assign(
             self.moving_variance * m + tf.stop_gradient(variance) * (1.0 - m)
         )
+        return y
 
     def compute_output_shape(self, input_shape):
         return input_shape

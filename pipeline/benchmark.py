@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from collections.abc import Callable, Iterable
@@ -73,20 +74,21 @@ def training_throughput(
     import tensorflow as tf  # noqa: PLC0415
 
     from pipeline import input as inputs_lib  # noqa: PLC0415
-    from pipeline import loop, optim, precision, run, torch_twin  # noqa: PLC0415
+    from pipeline import loop, optim, run, torch_twin  # noqa: PLC0415
 
     strategy, inputs = run.prepare(cfg)
     batch = cfg.data.batch_size
     train = inputs.splits.train
     results, skipped = {}, {}
 
+    @functools.cache  # the training split as float32 (600 MB): made once, for naive and torch
+    def normalised_images():
+        return inputs_lib.notebook_preprocess(train, inputs.splits.mean, inputs.splits.std)
+
     def fresh_model_and_optimizer():
         model = run.build(cfg, strategy, inputs)
-        with strategy.scope():  # the optimizer's slots live where the model's weights do
-            opt = precision.wrap_optimizer(
-                optim.make_optimizer(cfg.optim, steps * 10, steps), cfg.train.precision
-            )
-        return model, opt
+        with strategy.scope():
+            return model, loop.build_optimizer(cfg, steps * 10, steps)
 
     def timed(name, measure):
         """Stores and prints `measure()`, a `time_passes`-like result."""
@@ -100,8 +102,9 @@ def training_throughput(
     if "naive" in contenders:
         # The notebook: numpy batches, an eager GradientTape step, no tf.function.
         model, opt = fresh_model_and_optimizer()
-        x_all = inputs_lib.notebook_preprocess(train, inputs.splits.mean, inputs.splits.std)
-        batches = inputs_lib.NotebookIterator(x_all, train.labels, batch, shuffle=True)
+        batches = inputs_lib.NotebookIterator(
+            normalised_images(), train.labels, batch, shuffle=True
+        )
 
         def naive_pass():
             for k, (x, y) in enumerate(batches):
@@ -151,10 +154,11 @@ def training_throughput(
         elif cfg.model.name != "custom_convnet":
             skipped["torch"] = f"the PyTorch twin reproduces custom_convnet, not {cfg.model.name}"
         else:
-            x_all = inputs_lib.notebook_preprocess(train, inputs.splits.mean, inputs.splits.std)
             timed(
                 "torch",
-                lambda: torch_twin.train_throughput(cfg, x_all, train.labels, steps, repeats),
+                lambda: torch_twin.train_throughput(
+                    cfg, normalised_images(), train.labels, steps, repeats
+                ),
             )
     for name, why in skipped.items():
         log(f"{name:6s} skipped: {why}")

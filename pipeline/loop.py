@@ -216,6 +216,16 @@ class _Outputs:
             self.manager.save(checkpoint_number=len(history))
 
 
+def build_optimizer(cfg: Config, total_steps: int, steps_per_epoch: int):
+    """The run's optimizer: its schedule over `total_steps`, and loss scaling for float16.
+
+    Call it under the strategy's scope, so its slots live where the model's weights do.
+    """
+    return precision.wrap_optimizer(
+        optim.make_optimizer(cfg.optim, total_steps, steps_per_epoch), cfg.train.precision
+    )
+
+
 def steps_per_epoch(inputs: Inputs, tcfg) -> int:
     """Full batches per epoch, cut to `train.steps_per_epoch` when that is set."""
     steps = inputs.steps_per_epoch
@@ -248,9 +258,7 @@ def fit(
     steps = steps_per_epoch(inputs, tcfg)
     total_steps = steps * tcfg.epochs
     with strategy.scope():
-        optimizer = precision.wrap_optimizer(
-            optim.make_optimizer(cfg.optim, total_steps, steps), tcfg.precision
-        )
+        optimizer = build_optimizer(cfg, total_steps, steps)
         optimizer.build(_trainable(model))
         epoch_var = tf.Variable(0, dtype=tf.int64, trainable=False)
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch_var)

@@ -50,10 +50,15 @@ def choose(
         return Choice(
             "float32", "CPU flags unknown (no /proc/cpuinfo), so the safe float32", device
         )
-    found = [f for f in BF16_CPU_FLAGS if f in cpu_flags]
+    found = bf16_units(cpu_flags)
     if found:
         return Choice("mixed_bfloat16", f"CPU has {' and '.join(found)}", device)
     return Choice("float32", f"CPU has no bfloat16 unit ({' / '.join(BF16_CPU_FLAGS)})", device)
+
+
+def bf16_units(flags: frozenset[str]) -> list[str]:
+    """Which of the bfloat16 unit flags the CPU has (none: bfloat16 is emulated)."""
+    return [f for f in BF16_CPU_FLAGS if f in flags]
 
 
 def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
@@ -92,7 +97,7 @@ def resolve(cfg, log: Callable[[str], None] = print):
         changes["data"] = dataclasses.replace(cfg.data, augment_on_device=True)
         changes["train"] = dataclasses.replace(changes["train"], jit_compile=True)
     log(f"precision: {choice.policy} ({choice.reason})")
-    emulated = flags is not None and not any(f in flags for f in BF16_CPU_FLAGS)
+    emulated = flags is not None and not bf16_units(flags)
     if choice.policy == "mixed_bfloat16" and choice.device == "cpu" and emulated:
         log(
             "warning: this CPU has no bfloat16 unit, so mixed_bfloat16 runs about 5-10x "

@@ -70,8 +70,8 @@ def _airbench(changes: dict) -> Config:
 def challenge() -> Config:
     """custom_convnet, 10 epochs: the best test accuracy a 2-core CPU affords in 10 epochs.
 
-    The "medium" widths (48/128/128): airbench94's own widths take about 2.4x as long per
-    epoch on a CPU. The README's results table gives the measured accuracy and time.
+    The "medium" widths (48/128/128): airbench94's own widths take several times as long
+    per epoch on a CPU. The README's results table gives the measured accuracy and time.
     """
     return _airbench({"model.params": {"size": "medium"}, "train.epochs": 10})
 

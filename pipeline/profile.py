@@ -22,14 +22,12 @@ def op_times(cfg, steps: int) -> dict:
     """
     import tensorflow as tf  # noqa: PLC0415 - only when profiling
 
-    from pipeline import loop, optim, precision, run  # noqa: PLC0415
+    from pipeline import loop, run  # noqa: PLC0415
 
     strategy, inputs = run.prepare(cfg)
     model = run.build(cfg, strategy, inputs)
     with strategy.scope():
-        opt = precision.wrap_optimizer(
-            optim.make_optimizer(cfg.optim, steps * 10, steps), cfg.train.precision
-        )
+        opt = loop.build_optimizer(cfg, steps * 10, steps)
     train_steps = loop.make_train_step(model, opt, inputs, cfg, strategy)
     iterator = iter(strategy.distribute_datasets_from_function(inputs.train_dataset_fn(0, 10_000)))
     train_steps(iterator, tf.constant(2)).numpy()

@@ -79,8 +79,9 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
         metrics.json's content.
     """
     wall = time.perf_counter()
-    requested = cfg.train.precision
+    resolved = {"requested": cfg.train.precision}
     cfg, choice = precision.resolve(cfg, log)
+    resolved.update(chosen=choice.policy, reason=choice.reason, device=choice.device)
     out = Path(cfg.train.out_dir) if cfg.train.out_dir else None
     if out:
         check_resumable(out, cfg)  # before the data is loaded: a refusal costs nothing
@@ -88,7 +89,8 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
     chief = distribute.is_chief(strategy)
     if out and chief:
         out.mkdir(parents=True, exist_ok=True)
-        saved = {**to_dict(cfg), "resolved": _resolved(requested, choice)}
+        # What "auto" became on this machine: a record beside the settings (from_dict skips it).
+        saved = {**to_dict(cfg), "resolved": {"train.precision": resolved}}
         (out / "config.json").write_text(json.dumps(saved, indent=2) + "\n")
     model = build(cfg, strategy, inputs)
     log(
@@ -104,7 +106,7 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
         "model": cfg.model.name,
         "loop": cfg.train.loop,
         "precision": cfg.train.precision,
-        "precision_choice": _resolved(requested, choice)["train.precision"],
+        "precision_choice": resolved,
         "replicas": strategy.num_replicas_in_sync,
         "seed": cfg.train.seed,
         **result,
@@ -113,18 +115,6 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
     if out and chief:
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
-
-
-def _resolved(requested: str, choice: precision.Choice) -> dict:
-    """What config.json and metrics.json record of a setting resolved for the machine."""
-    return {
-        "train.precision": {
-            "requested": requested,
-            "chosen": choice.policy,
-            "reason": choice.reason,
-            "device": choice.device,
-        }
-    }
 
 
 def count_params(model) -> int:
@@ -159,9 +149,7 @@ def fit_with_keras(model, inputs: Inputs, cfg: Config, strategy, log=print) -> d
         )
     steps = loop.steps_per_epoch(inputs, cfg.train)
     with strategy.scope():
-        optimizer = precision.wrap_optimizer(
-            optim.make_optimizer(cfg.optim, steps * cfg.train.epochs, steps), cfg.train.precision
-        )
+        optimizer = loop.build_optimizer(cfg, steps * cfg.train.epochs, steps)
         model.compile(
             optimizer=optimizer,
             loss=loss_fn(cfg),

@@ -9,8 +9,6 @@ tensor ops (airbench's way), a fused cross-entropy with label smoothing.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from pipeline.config import Config
@@ -133,9 +131,12 @@ def _is_bias(name: str) -> bool:
 
 
 def _make_optimizer(model, cfg: Config, total_steps: int, steps_per_epoch: int):
-    """SGD with (Nesterov) momentum, bias lr multiplier, the project's schedule; decoupled
-    weight decay is applied by `_decay` as Keras applies it (w -= lr * wd * w)."""
+    """SGD with (Nesterov) momentum and the bias lr multiplier, and `lr_at(step)`: the
+    project's own schedule (`optim.lr_at`), so both sides follow the same rates. Decoupled
+    weight decay is applied in the step, as Keras applies it (w -= lr * wd * w)."""
     import torch  # noqa: PLC0415
+
+    from pipeline import optim  # noqa: PLC0415 - imports TensorFlow
 
     o = cfg.optim
     if o.optimizer not in ("sgd", "nesterov"):
@@ -149,17 +150,12 @@ def _make_optimizer(model, cfg: Config, total_steps: int, steps_per_epoch: int):
         groups, lr=o.lr, momentum=o.momentum, nesterov=o.optimizer == "nesterov" and o.momentum > 0
     )
 
+    # Every step's rate computed up front, so the timed steps pay nothing for TensorFlow.
+    rates = optim.lr_at(np.arange(total_steps), o, total_steps, steps_per_epoch).numpy()
+    rates = np.broadcast_to(rates, [total_steps])  # a constant schedule gives one scalar
+
     def lr_at(step: int) -> float:
-        warmup = round(o.warmup_epochs * steps_per_epoch)
-        peak, final = o.lr, o.lr * o.final_lr_fraction
-        if step < warmup:
-            return peak * min(1.0, (step + 1) / max(warmup, 1))
-        progress = min(max((step - warmup) / max(total_steps - warmup, 1), 0.0), 1.0)
-        if o.schedule == "cosine":
-            return final + (peak - final) * 0.5 * (1 + math.cos(math.pi * progress))
-        if o.schedule == "onecycle":
-            return peak + (final - peak) * progress
-        return peak
+        return float(rates[step])
 
     return opt, lr_at
 
