@@ -11,18 +11,19 @@ import keras
 import numpy as np
 
 from models import fast_layers
-from models.registry import register
+from models.registry import ModelError, register
 
 # Sizes by name, as nanoGPT's table of model sizes; `widths` overrides.
 SIZES = {
     "airbench94": (64, 256, 256),  # the fastest published 94% CIFAR-10 net
-    "medium": (48, 128, 128),  # the challenge preset: 92% in 10 epochs on 2 CPU cores
+    "medium": (48, 128, 128),  # the `challenge` experiment's: what a 2-core CPU affords
     "small": (32, 64, 128),
     "tiny": (16, 32, 64),
 }
 
 WHITEN_PATCH = 2  # px; the stem's kernel
 WHITEN_EIGEN = 12  # 2*2*3 patch dimensions; the stem has +/- each eigenvector: 24 channels
+WHITEN_IMAGES = 5_000  # training images whose 2x2 patches set the stem (airbench's count)
 
 
 STEMS = ("whiten", "conv", "none")
@@ -35,7 +36,7 @@ def _check_choices(**named: tuple) -> None:
     """Each name=(value, allowed) must have its value among `allowed`: the fix in the error."""
     for name, (value, allowed) in named.items():
         if value not in allowed:
-            raise ValueError(
+            raise ModelError(
                 f"custom_convnet: model.params.{name} must be one of {', '.join(allowed)}; "
                 f"got {value!r} (e.g. --set model.params.{name}={next(iter(allowed))})"
             )
@@ -62,10 +63,46 @@ def _bn(batch_norm: bool, frozen_scale: bool, momentum: float, name: str, fused:
     )
 
 
+def whitening_kernel(images: np.ndarray, eps: float = 5e-4) -> np.ndarray:
+    """A 2x2 conv kernel (2, 2, 3, 24) that whitens 2x2 patches of `images`.
+
+    Eigenvectors of the patch covariance, each scaled by 1/sqrt(eigenvalue + eps), with
+    its negative beside it (so a following GELU/ReLU keeps both signs).
+
+    Args:
+        images: (N, 32, 32, 3) normalised float images (airbench uses 5,000).
+    """
+    x = np.asarray(images, np.float64)
+    n, h, w, c = x.shape
+    p = WHITEN_PATCH
+    patches = np.stack(
+        [x[:, i : h - p + 1 + i, j : w - p + 1 + j, :] for i in range(p) for j in range(p)], axis=3
+    )  # (N, H', W', 4, C)
+    patches = patches.reshape(-1, p * p * c)
+    patches -= patches.mean(axis=0)
+    cov = patches.T @ patches / len(patches)
+    eigenvalues, eigenvectors = np.linalg.eigh(cov)
+    filters = eigenvectors.T[::-1] / np.sqrt(eigenvalues[::-1, None] + eps)  # (12, 12)
+    filters = np.concatenate([filters, -filters])  # (24, 12)
+    # Patch layout (i, j, c) -> conv kernel (i, j, c, out).
+    return filters.reshape(2 * WHITEN_EIGEN, p, p, c).transpose(1, 2, 3, 0).astype(np.float32)
+
+
+def whiten_stem(model: keras.Model, normalised_images: np.ndarray) -> bool:
+    """Sets the whitening stem's kernel from data; False when the model has no such stem."""
+    try:
+        layer = model.get_layer("whiten")
+    except ValueError:
+        return False
+    layer.kernel.assign(whitening_kernel(normalised_images))
+    return True
+
+
 @register(
     "custom_convnet",
-    recipe={"data.batch_size": 512, "train.epochs": 10},
     doc="open challenge: configurable conv-pool-BN stages (airbench94 by default)",
+    init_from_data=whiten_stem,
+    init_images=WHITEN_IMAGES,
 )
 def custom_convnet(
     num_classes: int = 10,
@@ -129,38 +166,3 @@ def custom_convnet(
     if stem == "whiten":
         model.get_layer("whiten").kernel.trainable = False
     return model
-
-
-def whitening_kernel(images: np.ndarray, eps: float = 5e-4) -> np.ndarray:
-    """A 2x2 conv kernel (2, 2, 3, 24) that whitens 2x2 patches of `images`.
-
-    Eigenvectors of the patch covariance, each scaled by 1/sqrt(eigenvalue + eps), with
-    its negative beside it (so a following GELU/ReLU keeps both signs).
-
-    Args:
-        images: (N, 32, 32, 3) normalised float images (airbench uses 5,000).
-    """
-    x = np.asarray(images, np.float64)
-    n, h, w, c = x.shape
-    p = WHITEN_PATCH
-    patches = np.stack(
-        [x[:, i : h - p + 1 + i, j : w - p + 1 + j, :] for i in range(p) for j in range(p)], axis=3
-    )  # (N, H', W', 4, C)
-    patches = patches.reshape(-1, p * p * c)
-    patches -= patches.mean(axis=0)
-    cov = patches.T @ patches / len(patches)
-    eigenvalues, eigenvectors = np.linalg.eigh(cov)
-    filters = eigenvectors.T[::-1] / np.sqrt(eigenvalues[::-1, None] + eps)  # (12, 12)
-    filters = np.concatenate([filters, -filters])  # (24, 12)
-    # Patch layout (i, j, c) -> conv kernel (i, j, c, out).
-    return filters.reshape(2 * WHITEN_EIGEN, p, p, c).transpose(1, 2, 3, 0).astype(np.float32)
-
-
-def whiten_stem(model: keras.Model, normalised_images: np.ndarray) -> bool:
-    """Sets the whitening stem's kernel from data; False when the model has no such stem."""
-    try:
-        layer = model.get_layer("whiten")
-    except ValueError:
-        return False
-    layer.kernel.assign(whitening_kernel(normalised_images))
-    return True

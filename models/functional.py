@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from models.keras_layers import convnet_layers, fc_layers
-from models.notebook import CONVNET_LAYERS, CONVNET_RECIPES, FC_HIDDEN, FC_RECIPE
+from models.notebook import CONVNET_LAYERS, FC_HIDDEN
 from models.registry import register
 
 
@@ -17,14 +17,13 @@ def _functional(stack: list, name: str) -> keras.Model:
     return keras.Model(inputs, x, name=name)
 
 
-@register("functional_two_layer_fc", FC_RECIPE, "functional API two-layer FC")
+@register("functional_two_layer_fc", "functional API two-layer FC")
 def functional_two_layer_fc(num_classes: int = 10, hidden: int = FC_HIDDEN):
     return _functional(fc_layers(hidden, num_classes), "functional_two_layer_fc")
 
 
 @register(
     "functional_three_layer_convnet",
-    CONVNET_RECIPES["functional"],
     "functional API: conv 16 5x5, conv 32 3x3, dense 10",
 )
 def functional_three_layer_convnet(num_classes: int = 10, layers=CONVNET_LAYERS["functional"]):

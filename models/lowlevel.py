@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models.notebook import CONVNET_LAYERS, CONVNET_RECIPES, FC_HIDDEN, FC_RECIPE
+from models.notebook import CONVNET_LAYERS, FC_HIDDEN
 from models.registry import register
 
 
@@ -49,7 +49,7 @@ class FunctionalModule(tf.Module):
         return self.fn(tf.cast(x, dtype), [tf.cast(p, dtype) for p in self.params])
 
 
-@register("lowlevel_two_layer_fc", FC_RECIPE, "tf.Variable two-layer FC, hidden 4000")
+@register("lowlevel_two_layer_fc", "tf.Variable two-layer FC, hidden 4000")
 def lowlevel_two_layer_fc(num_classes: int = 10, hidden: int = FC_HIDDEN):
     d = 32 * 32 * 3
     params = [kaiming_normal((d, hidden), d), kaiming_normal((hidden, num_classes), hidden)]
@@ -58,7 +58,6 @@ def lowlevel_two_layer_fc(num_classes: int = 10, hidden: int = FC_HIDDEN):
 
 @register(
     "lowlevel_three_layer_convnet",
-    CONVNET_RECIPES["lowlevel"],
     "tf.Variable convnet: conv 32 5x5, conv 16 3x3, dense",
 )
 def lowlevel_three_layer_convnet(num_classes: int = 10, layers=CONVNET_LAYERS["lowlevel"]):

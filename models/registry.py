@@ -2,44 +2,56 @@
 
 Builders return an uncompiled `keras.Model` (or a `tf.Module` for the low-level variants)
 that maps normalised (B, 32, 32, 3) images to (B, num_classes) logits. A model family is
-one file in this package; it is found by importing the package's modules.
+one file in this package; it is found by importing the package's modules. A model whose
+weights are partly set from data (custom_convnet's whitening stem) registers that
+initialiser with itself. How a model is trained is not here: see pipeline/experiments.py.
+This package imports nothing from the rest of the project.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from pipeline.config import ModelConfig
+import numpy as np
+
+
+class ModelError(ValueError):
+    """An unknown model name or params its builder does not take; the message says the fix."""
 
 
 @dataclass(frozen=True)
 class Entry:
     builder: Callable
-    recipe: dict = field(default_factory=dict)  # config overrides this model trains with
     doc: str = ""
+    # `init_from_data(model, images)` sets data-dependent weights from `init_images`
+    # normalised training images (float32 NHWC); None: the model has none.
+    init_from_data: Callable[[object, np.ndarray], None] | None = None
+    init_images: int = 0
 
 
 _REGISTRY: dict[str, Entry] = {}
 
 
-class UnknownModelError(ValueError):
-    pass
-
-
-def register(name: str, recipe: dict | None = None, doc: str = "") -> Callable:
-    """Registers `builder(num_classes, **params)` as `name`, with its default recipe.
+def register(
+    name: str,
+    doc: str = "",
+    init_from_data: Callable | None = None,
+    init_images: int = 0,
+) -> Callable:
+    """Registers `builder(num_classes, **params)` as `name`.
 
     Raises:
-        ValueError: when `name` is taken.
+        ValueError: when `name` is taken (a bug in the model files, not user input).
     """
 
     def wrap(builder: Callable) -> Callable:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = Entry(builder, dict(recipe or {}), doc)
+        _REGISTRY[name] = Entry(builder, doc, init_from_data, init_images)
         return builder
 
     return wrap
@@ -59,20 +71,23 @@ def names() -> list[str]:
 
 
 def entry(name: str) -> Entry:
+    """Raises ModelError naming the known models when `name` is not one."""
     _load_families()
     if name not in _REGISTRY:
-        raise UnknownModelError(f"unknown model {name!r}; known models: {', '.join(names())}")
+        raise ModelError(f"unknown model {name!r}; known models: {', '.join(names())}")
     return _REGISTRY[name]
 
 
-def build_model(cfg: ModelConfig):
-    """Builds the model `cfg.name` with `cfg.params`; its weights are created here.
+def build_model(cfg):
+    """Builds the model `cfg.name` with `cfg.params` (a ModelConfig); weights created here.
 
     Raises:
-        UnknownModelError: naming the known models.
+        ModelError: for an unknown name (naming the known ones) or params the builder
+            does not take.
     """
     e = entry(cfg.name)
-    try:
-        return e.builder(num_classes=cfg.num_classes, **cfg.params)
+    try:  # checked against the signature, so a TypeError inside a builder stays a bug
+        inspect.signature(e.builder).bind(num_classes=cfg.num_classes, **cfg.params)
     except TypeError as err:
-        raise UnknownModelError(f"bad model.params for {cfg.name}: {err}") from err
+        raise ModelError(f"bad model.params for {cfg.name}: {err}") from err
+    return e.builder(num_classes=cfg.num_classes, **cfg.params)

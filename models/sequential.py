@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from models.keras_layers import convnet_layers, fc_layers
-from models.notebook import CONVNET_LAYERS, CONVNET_RECIPES, FC_HIDDEN, FC_RECIPE
+from models.notebook import CONVNET_LAYERS, FC_HIDDEN
 from models.registry import register
 
 
@@ -13,14 +13,13 @@ def _sequential(stack: list, name: str) -> keras.Sequential:
     return keras.Sequential([keras.Input((32, 32, 3)), *stack], name=name)
 
 
-@register("sequential_two_layer_fc", FC_RECIPE, "keras.Sequential two-layer FC")
+@register("sequential_two_layer_fc", "keras.Sequential two-layer FC")
 def sequential_two_layer_fc(num_classes: int = 10, hidden: int = FC_HIDDEN):
     return _sequential(fc_layers(hidden, num_classes), "sequential_two_layer_fc")
 
 
 @register(
     "sequential_three_layer_convnet",
-    CONVNET_RECIPES["sequential"],
     "keras.Sequential: conv 16 5x5, conv 32 3x3, dense 10",
 )
 def sequential_three_layer_convnet(num_classes: int = 10, layers=CONVNET_LAYERS["sequential"]):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 
 from models.keras_layers import convnet_layers, fc_layers
-from models.notebook import CONVNET_LAYERS, CONVNET_RECIPES, FC_HIDDEN, FC_RECIPE
+from models.notebook import CONVNET_LAYERS, FC_HIDDEN
 from models.registry import register
 
 
@@ -27,14 +27,13 @@ def _built(model: keras.Model) -> keras.Model:
     return model
 
 
-@register("subclass_two_layer_fc", FC_RECIPE, "keras.Model subclass, Dense 4000 relu, Dense 10")
+@register("subclass_two_layer_fc", "keras.Model subclass, Dense 4000 relu, Dense 10")
 def subclass_two_layer_fc(num_classes: int = 10, hidden: int = FC_HIDDEN):
     return _built(Stack(fc_layers(hidden, num_classes), "subclass_two_layer_fc"))
 
 
 @register(
     "subclass_three_layer_convnet",
-    CONVNET_RECIPES["subclass"],
     "keras.Model subclass: conv 32 5x5, conv 16 3x3, dense 10",
 )
 def subclass_three_layer_convnet(num_classes: int = 10, layers=CONVNET_LAYERS["subclass"]):

@@ -1,25 +1,34 @@
-"""Frozen config tree, named presets and `key=value` overrides, parsed once in scripts/."""
+"""Frozen config tree and `key=value` overrides, parsed once in scripts/.
+
+Each field's type says what it accepts: `Literal[...]` fields list their allowed values,
+and CLI choices, `--set` coercion and error messages are read from those types.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import re
+import types
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from pipeline.errors import UserError
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     translate: int = 0  # px; random shift in [-translate, translate], the pad-and-crop of CIFAR
-    pad_mode: str = "zeros"  # "zeros" | "reflect": what fills the pixels a shift uncovers
-    flip: str = "none"  # "none" | "random" | "alternate" (airbench: mirror every other epoch)
+    pad_mode: Literal["zeros", "reflect"] = "zeros"  # what fills the pixels a shift uncovers
+    flip: Literal["none", "random", "alternate"] = "none"  # alternate: airbench, mirror
+    # every other epoch
     cutout: int = 0  # px; side of a zeroed square at a random place, 0 = off
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    source: str = "tfds"  # "tfds" (CIFAR-10 via tensorflow-datasets) | "synthetic"
+    source: Literal["tfds", "synthetic"] = "tfds"  # tfds: CIFAR-10 via tensorflow-datasets
     data_dir: str | None = None  # tfds data dir; None = tfds's default (~/tensorflow_datasets)
     local_copy: str | None = None  # CIFAR-10 folder/archive imported into data_dir when missing
     download: bool = True  # let tfds download when data_dir lacks CIFAR-10
@@ -42,11 +51,12 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: str = "sgd"  # "sgd" | "nesterov" | "adam" | "adamw"
+    optimizer: Literal["sgd", "nesterov", "adam", "adamw"] = "sgd"
     lr: float = 1e-2  # peak learning rate, per global batch
     momentum: float = 0.0  # SGD momentum; "nesterov" uses it as Nesterov momentum
     weight_decay: float = 0.0  # decoupled, multiplied by the learning rate each step
-    schedule: str = "constant"  # "constant" | "cosine" | "onecycle" (linear up, linear down)
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"  # onecycle: linear up,
+    # linear down
     warmup_epochs: float = 0.0  # linear ramp from 0 to lr, then the schedule's decay
     final_lr_fraction: float = 0.0  # lr at the last step, as a fraction of the peak
     label_smoothing: float = 0.0  # probability mass spread evenly over all classes
@@ -58,20 +68,20 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 1
     seed: int = 0  # seeds init, data order and augmentation: same seed, same run
-    precision: str = "auto"  # "auto" (by hardware, see precision.choose) | "float32" |
-    # "mixed_bfloat16" | "mixed_float16"
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"  # auto:
+    # by hardware, see training/precision.choose
     jit_compile: bool = False  # XLA-compile each replica's forward + backward (GPUs; "auto"
     # precision turns it on there); on CPU oneDNN's kernels beat XLA's, measured
-    strategy: str = "default"  # "default" | "mirrored" | "multi_worker"
+    strategy: Literal["default", "mirrored", "multi_worker"] = "default"
     cpu_replicas: int = 0  # >0: split the CPU into N logical devices for "mirrored"
-    loop: str = "custom"  # "custom" (the project's loop) | "fit" (keras model.fit)
+    loop: Literal["custom", "fit"] = "custom"  # custom: the project's loop; fit: model.fit
     out_dir: str | None = None  # outputs; None = nothing written
     checkpoint_every: int = 1  # epochs between checkpoints; at most this many are redone
     keep_checkpoints: int = 2
-    tta: str = "none"  # "none" | "flip" | "flip_translate": test-time augmentation
+    tta: Literal["none", "flip", "flip_translate"] = "none"  # test-time augmentation
     bn_recalibration_batches: int = 0  # eval batches of training images that refresh BN
     # statistics before each evaluation; 0 = use the running averages as trained
-    progress: str = "auto"  # "auto" (bar on a TTY) | "bar" | "none"
+    progress: Literal["auto", "bar", "none"] = "auto"  # auto: a bar on a TTY
     steps_per_epoch: int = 0  # >0: cut epochs short (benchmarks, tests)
 
 
@@ -83,22 +93,41 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A config key or value the user gave is not valid."""
 
 
-CHOICES = {
-    "data.source": ("tfds", "synthetic"),
-    "data.augment.pad_mode": ("zeros", "reflect"),
-    "data.augment.flip": ("none", "random", "alternate"),
-    "optim.optimizer": ("sgd", "nesterov", "adam", "adamw"),
-    "optim.schedule": ("constant", "cosine", "onecycle"),
-    "train.precision": ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
-    "train.strategy": ("default", "mirrored", "multi_worker"),
-    "train.loop": ("custom", "fit"),
-    "train.tta": ("none", "flip", "flip_translate"),
-    "train.progress": ("auto", "bar", "none"),
-}
+def _hints(cls) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _field_type(key: str):
+    """The declared type of a dotted key ("train.precision")."""
+    cls, *path, last = [Config, *key.split(".")]
+    for part in path:
+        cls = _hints(cls)[part]
+    return _hints(cls)[last]
+
+
+def choices(key: str) -> tuple:
+    """The allowed values of a `Literal` field, e.g. choices("train.precision")."""
+    return typing.get_args(_field_type(key))
+
+
+def _unwrap_optional(hint) -> tuple[Any, bool]:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return hint, False
+
+
+def _describe(hint) -> str:
+    base, optional = _unwrap_optional(hint)
+    if typing.get_origin(base) is Literal:
+        text = "one of " + ", ".join(map(str, typing.get_args(base)))
+    else:
+        text = getattr(base, "__name__", str(base))
+    return text + (" or None" if optional else "")
 
 
 def to_dict(cfg: Any) -> dict:
@@ -138,36 +167,36 @@ def valid_keys(cfg: Any = None, prefix: str = "") -> list[str]:
     return keys
 
 
-def _coerce(key: str, current: Any, value: Any, annotation: str) -> Any:
-    if isinstance(value, str) and not annotation.startswith("str"):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            if value.lower() in ("true", "false"):
-                value = value.lower() == "true"
-            elif value.lower() in ("none", "null"):
-                value = None
-            else:
-                raise ConfigError(f"{key}: cannot parse {value!r} as {annotation}") from e
-    if value is None and "None" in annotation:
+def _coerce(key: str, current: Any, value: Any, hint) -> Any:
+    """`value` (as given, or as text from `--set`) checked against the field's type."""
+    base, optional = _unwrap_optional(hint)
+    if isinstance(value, str) and value.lower() in ("none", "null") and optional:
         return None
-    if isinstance(value, str) and value.lower() in ("none", "null") and "None" in annotation:
+    if value is None and optional:
         return None
-    kind = annotation.split("|")[0].strip()
+    if typing.get_origin(base) is Literal:
+        allowed = typing.get_args(base)
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+        return value
+    if isinstance(value, str) and base is not str:
+        if value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        else:
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{key}: cannot parse {value!r} as {_describe(hint)}") from e
     ok = {
-        "str": isinstance(value, str),
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-        "bool": isinstance(value, bool),
-        "dict": isinstance(value, dict),
-    }.get(kind, True)
+        str: isinstance(value, str),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        bool: isinstance(value, bool),
+        dict: isinstance(value, dict),
+    }[base]
     if not ok:
-        raise ConfigError(f"{key} expects {annotation}, got {value!r} (was {current!r})")
-    if kind == "float":
-        value = float(value)
-    if key in CHOICES and value not in CHOICES[key]:
-        raise ConfigError(f"{key} must be one of {', '.join(CHOICES[key])}; got {value!r}")
-    return value
+        raise ConfigError(f"{key} expects {_describe(hint)}, got {value!r} (was {current!r})")
+    return float(value) if base is float else value
 
 
 def _parse_param(value: Any) -> Any:
@@ -204,6 +233,7 @@ def override(cfg: Any, updates: dict, prefix: str = "") -> Any:
                 f"unknown config key {prefix}{key!r}; valid keys: {', '.join(sorted(known))}"
             )
     changes = {}
+    hints = _hints(type(cfg))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         sub = {k[len(f.name) + 1 :]: v for k, v in updates.items() if k.startswith(f.name + ".")}
@@ -215,7 +245,7 @@ def override(cfg: Any, updates: dict, prefix: str = "") -> Any:
             params.update({k: _parse_param(v) for k, v in sub.items()})
             changes[f.name] = params
         elif f.name in updates:
-            changes[f.name] = _coerce(prefix + f.name, value, updates[f.name], str(f.type))
+            changes[f.name] = _coerce(prefix + f.name, value, updates[f.name], hints[f.name])
     return dataclasses.replace(cfg, **changes)
 
 

@@ -4,14 +4,14 @@ cifar-bench pipeline --data-dir DIR [--json OUT]
     images/s of the notebook's numpy iterator, a textbook per-element tf.data
     pipeline (per-image map(crop, flip)) and the project's vectorised pipeline with the
     same augmentation.
-cifar-bench train [--preset NAME | --model NAME] [--set KEY=VALUE] [--precision P]
+cifar-bench train [--experiment NAME | --model NAME] [--set KEY=VALUE] [--precision P]
                   [--contenders naive,fit,loop,torch] [--json OUT]
     training images/s of the notebook's way (numpy iterator + eager GradientTape),
     keras model.fit on the project's pipeline, the project's compiled loop, and the
     PyTorch twin of custom_convnet (needs the `compare` extra: pip install -e '.[compare]';
     skipped with a note without it).
 
-cifar-bench profile [--preset NAME | --model NAME] [--set KEY=VALUE] [--steps N]
+cifar-bench profile [--experiment NAME | --model NAME] [--set KEY=VALUE] [--steps N]
     TensorFlow's profiler around N steps of the loop: milliseconds per step by op type.
 
 Measured figures live in the README's results section, with the commands that made them.
@@ -23,9 +23,17 @@ import argparse
 import itertools
 import sys
 
-from pipeline import benchmark, data
-from pipeline.config import CHOICES, Config, override, parse_overrides
-from scripts.common import add_data_args, add_override_arg, data_overrides, run_cli, write_json
+from pipeline.bench import benchmark
+from pipeline.config import Config, choices, override, parse_overrides
+from scripts.common import (
+    add_data_args,
+    add_experiment_args,
+    add_override_arg,
+    data_overrides,
+    experiment_config,
+    run_cli,
+    write_json,
+)
 
 _MODEL = "functional_three_layer_convnet"  # without --model or --preset
 
@@ -62,11 +70,9 @@ def parse(argv=None) -> argparse.Namespace:
 def _add_training_args(parser: argparse.ArgumentParser) -> None:
     """What picks the trained net and recipe: `train_config` reads these."""
     add_data_args(parser)
-    which = parser.add_mutually_exclusive_group()
-    which.add_argument("--model", help="a model with its own recipe")
-    which.add_argument("--preset", help="a named preset, e.g. challenge or quick")
+    add_experiment_args(parser)
     add_override_arg(parser)
-    parser.add_argument("--precision", default="auto", choices=CHOICES["train.precision"])
+    parser.add_argument("--precision", default="auto", choices=choices("train.precision"))
     parser.add_argument("--batch-size", type=int, help="default: the recipe's")
     parser.add_argument("--json", metavar="OUT", help="write the results here")
 
@@ -83,7 +89,8 @@ def _contenders(text: str) -> tuple[str, ...]:
 
 
 def bench_pipeline(args) -> dict:
-    from pipeline import input as inputs_lib  # noqa: PLC0415 - imports TensorFlow
+    from pipeline.bench import baselines  # noqa: PLC0415 - imports TensorFlow
+    from pipeline.data import datasets, sources  # noqa: PLC0415
 
     cfg = override(
         Config(),
@@ -94,18 +101,19 @@ def bench_pipeline(args) -> dict:
             "data.augment.flip": "random",
         },
     )
-    splits = data.load_splits(cfg.data)
+    splits = sources.load_splits(cfg.data)
     train = splits.train
-    inputs = inputs_lib.make_inputs(splits, cfg.data, seed=0)
-    x = inputs_lib.notebook_preprocess(train, splits.mean, splits.std)
+    inputs = datasets.make_inputs(splits, cfg.data, seed=0)
+    x = sources.normalised(train.images, splits.mean, splits.std)
     # Each contender is built once and read one epoch per pass, as training reads it.
-    notebook = inputs_lib.NotebookIterator(x, train.labels, args.batch_size, shuffle=True)
-    per_element = inputs_lib.per_element_dataset(train, splits, args.batch_size, 0)
-    epochs = iter(inputs_lib.train_dataset(inputs, 0, args.repeats + 1))
+    notebook = baselines.NotebookIterator(x, train.labels, args.batch_size, shuffle=True)
+    per_element = baselines.per_element_dataset(train, splits, args.batch_size, 0)
+    length = inputs.run_length(args.repeats + 1)
+    epochs = iter(datasets.train_dataset(inputs, length))
     contenders = {
         "notebook_iterator": lambda: notebook,
         "per_element": lambda: per_element,
-        "pipeline": lambda: itertools.islice(epochs, inputs.steps_per_epoch),
+        "pipeline": lambda: itertools.islice(epochs, length.steps_per_epoch),
     }
     results = {}
     for name, make in contenders.items():
@@ -135,10 +143,8 @@ def bench_pipeline(args) -> dict:
 
 
 def train_config(args) -> Config:
-    """The preset's (or the model's own) recipe, with the flags and --set on top."""
-    from pipeline import presets  # noqa: PLC0415
-
-    cfg = presets.get(args.preset) if args.preset else presets.for_model(args.model or _MODEL)
+    """The experiment's (or the model's best-known) recipe, with the flags and --set on top."""
+    cfg = experiment_config(args, _MODEL)
     updates = {**data_overrides(args), "train.precision": args.precision}
     if args.batch_size is not None:
         updates["data.batch_size"] = args.batch_size
@@ -147,7 +153,7 @@ def train_config(args) -> Config:
 
 
 def bench_train(args) -> dict:
-    from pipeline import precision  # noqa: PLC0415 - imports TensorFlow
+    from pipeline.training import precision  # noqa: PLC0415 - imports TensorFlow
 
     cfg, choice = precision.resolve(train_config(args))
     out = benchmark.training_throughput(
@@ -180,7 +186,8 @@ def bench_train(args) -> dict:
 
 
 def bench_profile(args) -> dict:
-    from pipeline import precision, profile  # noqa: PLC0415 - imports TensorFlow
+    from pipeline.bench import profile  # noqa: PLC0415 - imports TensorFlow
+    from pipeline.training import precision  # noqa: PLC0415
 
     cfg, choice = precision.resolve(train_config(args))
     result = profile.op_times(cfg, args.steps)
@@ -195,26 +202,17 @@ def bench_profile(args) -> dict:
 
 def _settings(args, cfg: Config, choice) -> dict:
     """What a training measurement ran: net, precision and why, CPU, batch."""
+    from pipeline.training import precision  # noqa: PLC0415
+
     return {
-        "preset": args.preset,
+        "experiment": args.experiment,
         "model": cfg.model.name,
         "params": cfg.model.params,
         "precision": cfg.train.precision,
         "precision_reason": choice.reason,
-        "cpu": _cpu_name(),
+        "cpu": precision.cpu_model(),
         "batch_size": cfg.data.batch_size,
     }
-
-
-def _cpu_name() -> str | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 @run_cli

@@ -1,4 +1,5 @@
-"""Argument parsing shared by the console scripts: data flags, overrides, errors -> exit 2."""
+"""Argument parsing shared by the console scripts: data flags, overrides, and the exit codes
+(user error 2, diverged 3; any other exception is a bug and keeps its traceback)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import os
 import sys
 from collections.abc import Callable
 
-from pipeline.cifar_files import DataError
-from pipeline.config import ConfigError
+from pipeline.errors import NonFiniteLossError, UserError
+
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +32,24 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--train-examples", type=int, help="training examples (default 49000)")
     g.add_argument("--val-examples", type=int, help="validation examples (default 1000)")
     g.add_argument("--test-examples", type=int, help="test examples (default 10000)")
+
+
+def add_experiment_args(parser: argparse.ArgumentParser) -> None:
+    """--model NAME (its best-known experiment) or --experiment NAME (alias --preset)."""
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", help="a registered model, trained with its best-known recipe")
+    which.add_argument(
+        "--experiment", "--preset", dest="experiment", help="a named experiment (see --list)"
+    )
+
+
+def experiment_config(args: argparse.Namespace, default_model: str):
+    """The Config that --model / --experiment name (`default_model`'s when neither)."""
+    from pipeline import experiments  # noqa: PLC0415
+
+    if args.experiment:
+        return experiments.get(args.experiment)
+    return experiments.for_model(args.model or default_model)
 
 
 def add_override_arg(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +80,8 @@ def data_overrides(args: argparse.Namespace) -> dict:
 
 
 def run_cli(main: Callable[[], int | None]) -> Callable[[], int]:
-    """Wraps a CLI body: user errors print one clear line and exit 2."""
+    """Wraps a CLI body: a `UserError` prints one clear line and exits 2, a
+    `NonFiniteLossError` exits 3; anything else propagates with its traceback."""
 
     def wrapped() -> int:
         # Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
@@ -70,9 +92,12 @@ def run_cli(main: Callable[[], int | None]) -> Callable[[], int]:
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
         try:
             return main() or 0
-        except (ConfigError, DataError, ValueError) as e:
+        except UserError as e:
             print(f"error: {e}", file=sys.stderr)
-            return 2
+            return EXIT_USER_ERROR
+        except NonFiniteLossError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_DIVERGED
 
     return wrapped
 

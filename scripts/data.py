@@ -17,8 +17,8 @@ import sys
 
 import numpy as np
 
-from pipeline import data
 from pipeline.config import DataConfig
+from pipeline.data import sources as data
 from scripts.common import run_cli
 
 

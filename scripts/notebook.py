@@ -5,7 +5,7 @@
 Trains each notebook model for one epoch on the 49,000 / 1,000 split through the
 project's loop (and the Sequential FC also through `model.fit`, as the notebook does),
 then writes `results.md` (variant, bar, measured val accuracy, seconds) and
-`results.json` in --out. About 10 minutes on a 2-core CPU.
+`results.json` in --out.
 """
 
 from __future__ import annotations
@@ -54,17 +54,17 @@ def table(rows: list[dict]) -> str:
 @run_cli
 def main() -> None:
     args = parse()
-    from models.notebook import BARS  # noqa: PLC0415
-    from pipeline import presets, run  # noqa: PLC0415
+    from pipeline import experiments  # noqa: PLC0415
     from pipeline.config import override  # noqa: PLC0415
+    from pipeline.training import run  # noqa: PLC0415
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for model, loop in runs(args.models or list(BARS)):
+    for model, loop in runs(args.models or list(experiments.NOTEBOOK)):
         name = f"{model}-{loop}"
         cfg = override(
-            presets.for_model(model),
+            experiments.for_model(model),
             {
                 **data_overrides(args),
                 "train.loop": loop,
@@ -74,7 +74,7 @@ def main() -> None:
             },
         )
         metrics = run.train(cfg, log=lambda s, n=name: print(f"[{n}] {s}", flush=True))
-        bar = BARS[model] if loop == "custom" or model != "sequential_two_layer_fc" else 0.42
+        bar = experiments.NOTEBOOK[model][1] if loop == "custom" else experiments.NOTEBOOK_FIT_BAR
         rows.append(
             {
                 "model": model,

@@ -1,13 +1,14 @@
 """cifar-train: train any registered model with the project's one loop.
 
   cifar-train --model sequential_three_layer_convnet --data-dir DIR --out runs/seq
-  cifar-train --preset challenge --data-dir DIR --out runs/challenge
+  cifar-train --experiment challenge --data-dir DIR --out runs/challenge
   cifar-train --model functional_two_layer_fc --strategy mirrored --cpu-replicas 2 --synthetic
   cifar-train --model subclass_two_layer_fc --local-workers 2 --synthetic --out runs/mw
 
-Without --preset a model trains with its own recipe (the notebook's settings for the
-notebook's models: batch 64, one epoch, its optimizer and learning rate). Flags and
-`--set key=value` override it; `--list` shows models, presets and config keys.
+--model NAME trains the model with its best-known experiment (the notebook's settings for
+the notebook's models; `challenge` for custom_convnet); --experiment NAME (alias --preset)
+picks any named experiment. Flags and `--set key=value` override it; `--list` shows
+models, experiments and config keys.
 --out DIR gets config.json, metrics.json, history.json, checkpoints/, tensorboard/ and
 curves.png; rerunning the same command resumes from the last checkpoint.
 Exit codes: 0 done, 2 bad input (message says the fix), 3 training diverged (NaN/inf).
@@ -19,8 +20,15 @@ import argparse
 import json
 import sys
 
-from pipeline.config import CHOICES, Config, ConfigError, override, parse_overrides, valid_keys
-from scripts.common import add_data_args, add_override_arg, data_overrides, run_cli
+from pipeline.config import Config, ConfigError, choices, override, parse_overrides, valid_keys
+from scripts.common import (
+    add_data_args,
+    add_experiment_args,
+    add_override_arg,
+    data_overrides,
+    experiment_config,
+    run_cli,
+)
 
 FLAGS = {  # flag -> config key
     "epochs": "train.epochs",
@@ -41,13 +49,12 @@ def parse(argv=None) -> argparse.Namespace:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", help="registered model name (see --list)")
-    p.add_argument("--preset", help="named preset (see --list)")
+    add_experiment_args(p)
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch, over all replicas")
     p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--precision", choices=CHOICES["train.precision"])
-    p.add_argument("--strategy", choices=CHOICES["train.strategy"])
+    p.add_argument("--precision", choices=choices("train.precision"))
+    p.add_argument("--strategy", choices=choices("train.strategy"))
     p.add_argument("--cpu-replicas", type=int, help="mirrored over N logical CPU devices")
     p.add_argument(
         "--local-workers",
@@ -55,28 +62,18 @@ def parse(argv=None) -> argparse.Namespace:
         default=0,
         help="launch N multi-worker processes on loopback ports of this machine",
     )
-    p.add_argument("--loop", choices=CHOICES["train.loop"])
+    p.add_argument("--loop", choices=choices("train.loop"))
     p.add_argument("--out", help="output dir (resumes if it holds a checkpoint)")
     p.add_argument("--seed", type=int)
     add_data_args(p)
     add_override_arg(p)
-    p.add_argument("--list", action="store_true", help="list models, presets and config keys")
+    p.add_argument("--list", action="store_true", help="list models, experiments and config keys")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    from pipeline import presets  # noqa: PLC0415
-
-    if args.preset:
-        cfg = presets.get(args.preset)
-        if args.model and args.model != cfg.model.name:
-            raise ConfigError(
-                f"preset {args.preset!r} trains {cfg.model.name}, not {args.model}: drop "
-                "--model, or drop --preset to train the model with its own recipe"
-            )
-    else:
-        cfg = presets.for_model(args.model or Config().model.name)
+    cfg = experiment_config(args, Config().model.name)
     updates = {
         key: getattr(args, flag) for flag, key in FLAGS.items() if getattr(args, flag) is not None
     }
@@ -92,12 +89,14 @@ def build_config(args: argparse.Namespace) -> Config:
 
 def list_choices() -> None:
     from models.registry import entry, names  # noqa: PLC0415
-    from pipeline import presets  # noqa: PLC0415
+    from pipeline import experiments  # noqa: PLC0415
 
-    print("models:")
+    print("models (--model NAME trains its best-known experiment):")
     for name in names():
         print(f"  {name:34s} {entry(name).doc}")
-    print("presets: " + ", ".join(presets.names()))
+    print("experiments (--experiment NAME):")
+    for name in experiments.names():
+        print(f"  {name:34s} {experiments.describe(name)}")
     print("config keys (--set KEY=VALUE): " + ", ".join(valid_keys()))
 
 
@@ -108,18 +107,13 @@ def main() -> int:
         list_choices()
         return 0
     if args.local_workers:
-        from pipeline.launch import run_local_workers  # noqa: PLC0415
+        from pipeline.training.launch import run_local_workers  # noqa: PLC0415
 
         return run_local_workers(args.local_workers, sys.argv[1:])
     cfg = build_config(args)
-    from pipeline import run  # noqa: PLC0415 - imports TensorFlow
-    from pipeline.loop import NonFiniteLossError  # noqa: PLC0415
+    from pipeline.training import run  # noqa: PLC0415 - imports TensorFlow
 
-    try:
-        metrics = run.train(cfg)
-    except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
+    metrics = run.train(cfg)
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=1))
     return 0
 

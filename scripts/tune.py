@@ -19,8 +19,10 @@ import json
 import os
 import sys
 
-from pipeline.config import CHOICES, Config, override, parse_overrides
+from pipeline.config import Config, choices, override, parse_overrides
+from pipeline.errors import UserError
 from scripts.common import add_data_args, add_override_arg, data_overrides, run_cli
+from tuning import TUNERS
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -28,7 +30,7 @@ def parse(argv=None) -> argparse.Namespace:
         prog="cifar-tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("action", nargs="?", default="search", choices=["search", "report", "retrain"])
-    p.add_argument("--tuner", default="hyperband", choices=["hyperband", "bayesian", "random"])
+    p.add_argument("--tuner", default="hyperband", choices=TUNERS)
     p.add_argument("--max-trials", type=int, default=10, help="bayesian / random")
     p.add_argument(
         "--max-epochs",
@@ -36,7 +38,7 @@ def parse(argv=None) -> argparse.Namespace:
         default=9,
         help="hyperband: most epochs a trial gets; others: epochs per trial",
     )
-    p.add_argument("--precision", choices=CHOICES["train.precision"], default="auto")
+    p.add_argument("--precision", choices=choices("train.precision"), default="auto")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--out", default="runs/search")
     p.add_argument("--overwrite", action="store_true", help="discard a previous search in --out")
@@ -54,10 +56,10 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def base_config(args) -> Config:
-    from pipeline import presets  # noqa: PLC0415
+    from pipeline import experiments  # noqa: PLC0415
 
     cfg = override(
-        presets.get("challenge"),
+        experiments.get("challenge"),
         {
             **data_overrides(args),
             "train.precision": args.precision,
@@ -75,9 +77,8 @@ def few_malloc_arenas(argv: list[str]) -> None:
     """Re-executes this search with MALLOC_ARENA_MAX=2 (Linux), unless it is set already.
 
     glibc gives threads heap arenas of their own; tf.data's threads then strand freed
-    batch buffers in many arenas, and resident memory climbed trial after trial: 1.06 ->
-    1.64 GiB over 15 identical trials, 0.95 -> 1.09 GiB with 2 arenas. Workers started by
-    --local-workers inherit the setting.
+    batch buffers in many arenas, and resident memory climbed trial after trial (measured
+    in docs/experiments.md). Workers started by --local-workers inherit the setting.
     """
     if sys.platform != "linux" or "MALLOC_ARENA_MAX" in os.environ:
         return
@@ -117,12 +118,12 @@ def main() -> int:
 def retrain(args) -> int:
     from pathlib import Path  # noqa: PLC0415
 
-    from pipeline import run  # noqa: PLC0415
     from pipeline.config import from_dict  # noqa: PLC0415
+    from pipeline.training import run  # noqa: PLC0415
 
     best_path = Path(args.out) / "best.json"
     if not best_path.is_file():
-        raise ValueError(f"{best_path} does not exist: run `cifar-tune --out {args.out}` first")
+        raise UserError(f"{best_path} does not exist: run `cifar-tune --out {args.out}` first")
     cfg = from_dict(json.loads(best_path.read_text())["config"])
     cfg = override(
         cfg,

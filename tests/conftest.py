@@ -65,25 +65,25 @@ def local_cifar(request) -> Path:
 @pytest.fixture(scope="session")
 def cifar_data_dir(local_cifar, tmp_path_factory) -> str:
     """A tfds data dir with cifar10 imported from the local copy (about 40 s, once)."""
-    from pipeline import data
+    from pipeline.data import sources
 
     data_dir = tmp_path_factory.mktemp("tfds")
-    data.import_local_copy(str(local_cifar), str(data_dir))
+    sources.import_local_copy(str(local_cifar), str(data_dir))
     return str(data_dir)
 
 
 @pytest.fixture(scope="session")
 def synthetic_splits():
-    from pipeline import data
     from pipeline.config import DataConfig
+    from pipeline.data import sources
 
-    return data.synthetic_splits(DataConfig(source="synthetic", synthetic_examples=512), seed=0)
+    return sources.synthetic_splits(DataConfig(source="synthetic", synthetic_examples=512), seed=0)
 
 
 def pytest_configure(config):
     # Two logical CPU devices give MirroredStrategy two replicas; this must happen before
     # TensorFlow initialises, so it runs before any test.
-    from pipeline.distribute import split_cpu
+    from pipeline.training.distribute import split_cpu
 
     split_cpu(2)
 

@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import REPO
 
-REAL_DATA_TEST = "tests/pipeline/test_data.py::test_truncated_file_is_named"
+REAL_DATA_TEST = "tests/pipeline/data/test_sources.py::test_truncated_file_is_named"
 
 
 def _pytest(tmp_path, **env):

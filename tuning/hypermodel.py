@@ -10,10 +10,10 @@ from pathlib import Path
 import keras
 import keras_tuner as kt
 
-from pipeline import loop, run
-from pipeline.benchmark import resident_memory_mib
+from pipeline.bench.benchmark import resident_memory_mib
 from pipeline.config import Config, override
-from pipeline.input import Inputs
+from pipeline.data.datasets import Inputs
+from pipeline.training import loop, run
 
 MEMORY_LOG = "memory.jsonl"  # in the search's --out: one row per trial (and process)
 

@@ -13,14 +13,16 @@ from pathlib import Path
 import keras_tuner as kt
 
 from pipeline.config import Config, to_dict
+from pipeline.errors import UserError
+from tuning import TUNERS
 from tuning.hypermodel import CustomConvNetHyperModel, config_for
 
 PROJECT = "search"  # keras-tuner's project folder inside --out
 OBJECTIVE = kt.Objective("val_accuracy", direction="max")
 
 
-class SearchError(ValueError):
-    pass
+class SearchError(UserError):
+    """The search cannot run or report as asked; the message says the fix."""
 
 
 def make_tuner(
@@ -43,7 +45,7 @@ def make_tuner(
         return kt.BayesianOptimization(hypermodel, max_trials=max_trials, **common)
     if kind == "random":
         return kt.RandomSearch(hypermodel, max_trials=max_trials, **common)
-    raise SearchError(f"unknown tuner {kind!r}; use hyperband, bayesian or random")
+    raise SearchError(f"unknown tuner {kind!r}; use one of {', '.join(TUNERS)}")
 
 
 def is_worker() -> bool:
@@ -60,7 +62,7 @@ def search(
     Returns:
         best.json's content on the chief / single process, None on a worker.
     """
-    from pipeline import precision, run  # noqa: PLC0415 - imports TensorFlow
+    from pipeline.training import precision, run  # noqa: PLC0415 - imports TensorFlow
 
     out_path = Path(out)
     out_path.mkdir(parents=True, exist_ok=True)
@@ -110,8 +112,8 @@ def leaderboard(ranked: Iterable[tuple[str, float, dict]]) -> list[str]:
 def local_search(workers: int, argv: list[str], module: str = "scripts.tune") -> int:
     """keras-tuner's distributed search on this machine: one chief (the oracle) and
     `workers` workers on a loopback port; each trial runs once, on one worker."""
-    from pipeline.distribute import free_ports  # noqa: PLC0415
-    from pipeline.launch import strip_flag  # noqa: PLC0415
+    from pipeline.training.distribute import free_ports  # noqa: PLC0415
+    from pipeline.training.launch import strip_flag  # noqa: PLC0415
 
     args = strip_flag(argv, "--local-workers")
     port = str(free_ports(1)[0])

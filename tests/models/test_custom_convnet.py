@@ -5,8 +5,9 @@ import tensorflow as tf
 
 from models import custom_convnet
 from models.registry import build_model
-from pipeline import loop, optim
 from pipeline.config import ModelConfig, OptimConfig
+from pipeline.run_length import RunLength
+from pipeline.training import optim, steps
 
 
 def _correlated_images(n=400, seed=0):
@@ -63,7 +64,7 @@ def test_family_options_build(params):
 
 def test_ema_weights_are_swapped_in():
     var = tf.Variable([1.0])
-    opt = optim.make_optimizer(OptimConfig(lr=0.1, ema_decay=0.5), 10, 10)
+    opt = optim.make_optimizer(OptimConfig(lr=0.1, ema_decay=0.5), RunLength(10, 1))
     opt.build([var])
     ema = None  # Keras starts the average at the first step's weights
     for _ in range(3):
@@ -82,10 +83,10 @@ def test_tta_averages_flips_and_shifts():
     x = tf.random.normal((4, 32, 32, 3))
     flipped = tf.reverse(x, axis=[2])
     expected = (model(x) + model(flipped)) / 2
-    np.testing.assert_allclose(loop.predict_logits(model, x, "flip"), expected, atol=1e-5)
+    np.testing.assert_allclose(steps.predict_logits(model, x, "flip"), expected, atol=1e-5)
     # flip_translate adds each view moved 1 px down-right and 1 px up-left, the uncovered
     # edge filled by reflection; built here by index arithmetic, not the loop's padding.
-    six = loop.predict_logits(model, x, "flip_translate")
+    six = steps.predict_logits(model, x, "flip_translate")
     n = np.arange(32)
     down_right = np.abs(n - 1)  # output row i shows input row i - 1; row -1 reflects to 1
     up_left = 31 - np.abs(30 - n)  # output row i shows input row i + 1; row 32 reflects to 30
@@ -98,7 +99,7 @@ def test_tta_averages_flips_and_shifts():
 
 def test_bias_learning_rate_scale_targets_biases_and_bn_shifts():
     model = build_model(ModelConfig(name="custom_convnet", params={"size": "tiny"}))
-    biases = [v.path for v in model.trainable_variables if loop._is_bias(v)]
+    biases = [v.path for v in model.trainable_variables if steps._is_bias(v)]
     assert biases and all(p.endswith(("bias", "beta")) for p in biases)
     assert any("bn" in p for p in biases)
 

@@ -5,8 +5,8 @@ import tensorflow as tf
 
 from models import fast_layers
 from models.registry import build_model
-from pipeline import precision
 from pipeline.config import ModelConfig
+from pipeline.training import precision
 
 
 def _x(shape=(8, 5, 5, 6), seed=0):

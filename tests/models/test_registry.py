@@ -3,9 +3,10 @@ import pytest
 import tensorflow as tf
 
 from models import registry
-from pipeline import data, loop, optim, precision
-from pipeline import input as inputs_lib
 from pipeline.config import ModelConfig
+from pipeline.data import datasets, sources
+from pipeline.run_length import RunLength
+from pipeline.training import optim, precision, steps
 from tests.conftest import tiny_config
 
 NOTEBOOK = [
@@ -45,14 +46,14 @@ def test_a_few_steps_on_one_batch_lower_the_loss(name):
             "optim.lr": 1e-3,
         }
     )
-    splits = data.load_splits(cfg.data)
-    inputs = inputs_lib.make_inputs(splits, cfg.data, 0)
+    splits = sources.load_splits(cfg.data)
+    inputs = datasets.make_inputs(splits, cfg.data, 0)
     strategy = tf.distribute.get_strategy()
     with precision.policy_scope("float32"):
         model = registry.build_model(cfg.model)
-    opt = optim.make_optimizer(cfg.optim, 10, 1)
-    step = loop.make_train_step(model, opt, inputs, cfg, strategy)
-    it = iter(inputs.train_dataset_fn(0, 10)())
+    opt = optim.make_optimizer(cfg.optim, RunLength(1, 10))
+    step = steps.make_train_step(model, opt, inputs, cfg, strategy)
+    it = iter(inputs.train_dataset_fn(inputs.run_length(10))())
     losses = []
     for _ in range(6):
         total = step(it, tf.constant(1)).numpy()
@@ -62,11 +63,11 @@ def test_a_few_steps_on_one_batch_lower_the_loss(name):
 
 
 def test_unknown_and_duplicate_names_raise():
-    with pytest.raises(registry.UnknownModelError, match="known models: .*functional_two_layer_fc"):
+    with pytest.raises(registry.ModelError, match="known models: .*functional_two_layer_fc"):
         registry.build_model(ModelConfig(name="resnet9000"))
     with pytest.raises(ValueError, match="registered twice"):
         registry.register("functional_two_layer_fc")(lambda num_classes: None)
-    with pytest.raises(registry.UnknownModelError, match="bad model.params"):
+    with pytest.raises(registry.ModelError, match="bad model.params"):
         registry.build_model(ModelConfig(name="functional_two_layer_fc", params={"depth": 3}))
 
 

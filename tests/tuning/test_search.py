@@ -166,7 +166,7 @@ def test_search_reexecutes_itself_with_few_malloc_arenas(monkeypatch):
 
 
 def test_hyperband_continuation_trains_only_the_later_epochs_on_the_same_schedule():
-    from pipeline import run
+    from pipeline.training import run
     from tuning.hypermodel import CustomConvNetHyperModel
 
     base = tiny_config(**{"model.name": "custom_convnet", "model.params": {"size": "tiny"}})

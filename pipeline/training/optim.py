@@ -7,13 +7,16 @@ import math
 import keras
 import tensorflow as tf
 
-from pipeline.config import OptimConfig
+from pipeline.config import Config, OptimConfig
+from pipeline.run_length import RunLength
+from pipeline.training import precision
 
 
-def lr_at(step, cfg: OptimConfig, total_steps: int, steps_per_epoch: int):
+def lr_at(step, cfg: OptimConfig, length: RunLength):
     """The learning rate at `step` (0-based): warm-up from 0, then the schedule's decay."""
     step = tf.cast(step, tf.float32)
-    warmup = float(round(cfg.warmup_epochs * steps_per_epoch))
+    total_steps = length.total_steps
+    warmup = float(round(cfg.warmup_epochs * length.steps_per_epoch))
     peak, final = cfg.lr, cfg.lr * cfg.final_lr_fraction
     if cfg.schedule == "constant" and warmup == 0:
         return tf.fill([], tf.constant(peak, tf.float32))
@@ -29,18 +32,27 @@ def lr_at(step, cfg: OptimConfig, total_steps: int, steps_per_epoch: int):
 
 
 class Schedule(keras.optimizers.schedules.LearningRateSchedule):
-    def __init__(self, cfg: OptimConfig, total_steps: int, steps_per_epoch: int):
-        self.cfg, self.total_steps, self.steps_per_epoch = cfg, total_steps, steps_per_epoch
+    def __init__(self, cfg: OptimConfig, length: RunLength):
+        self.cfg, self.length = cfg, length
 
     def __call__(self, step):
-        return lr_at(step, self.cfg, self.total_steps, self.steps_per_epoch)
+        return lr_at(step, self.cfg, self.length)
 
     def get_config(self):
-        return {"total_steps": self.total_steps, "steps_per_epoch": self.steps_per_epoch}
+        return {"total_steps": self.length.total_steps, "steps": self.length.steps_per_epoch}
 
 
-def make_optimizer(cfg: OptimConfig, total_steps: int, steps_per_epoch: int):
-    lr = Schedule(cfg, total_steps, steps_per_epoch)
+def build_optimizer(cfg: Config, length: RunLength):
+    """The run's optimizer: its schedule over `length`, and loss scaling for float16.
+
+    The one place an optimizer is made (the loop, model.fit, the benchmark, the profiler).
+    Call it under the strategy's scope, so its slots live where the model's weights do.
+    """
+    return precision.wrap_optimizer(make_optimizer(cfg.optim, length), cfg.train.precision)
+
+
+def make_optimizer(cfg: OptimConfig, length: RunLength):
+    lr = Schedule(cfg, length)
     common = {"learning_rate": lr, "weight_decay": cfg.weight_decay or None}
     if cfg.ema_decay:
         # Weights' EMA kept by the optimizer; swapped in by `finalize_variable_values`.

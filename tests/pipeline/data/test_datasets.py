@@ -2,24 +2,27 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import input as inputs_lib
+from pipeline.bench import baselines
 from pipeline.config import AugmentConfig, DataConfig
+from pipeline.data import datasets
 
 
 def _inputs(splits, **kw):
     cfg = DataConfig(source="synthetic", batch_size=kw.pop("batch_size", 64), **kw)
-    return inputs_lib.make_inputs(splits, cfg, seed=kw.pop("seed", 0))
+    return datasets.make_inputs(splits, cfg, seed=kw.pop("seed", 0))
 
 
 def _epoch(inputs, epoch=0, ctx=None):
-    ds = inputs.train_dataset_fn(epoch, epoch + 1)(ctx)
+    ds = inputs.train_dataset_fn(inputs.run_length(epoch + 1), epoch)(ctx)
     return [(x.numpy(), y.numpy()) for x, y in ds]
 
 
 def test_train_batches_shapes_dtypes_and_drop_remainder(synthetic_splits):
     inputs = _inputs(synthetic_splits, batch_size=100)
     batches = _epoch(inputs)
-    assert inputs.steps_per_epoch == 5 and len(batches) == 5  # 512 // 100, remainder dropped
+    assert (
+        inputs.run_length(1).steps_per_epoch == 5 and len(batches) == 5
+    )  # 512 // 100, remainder dropped
     x, y = batches[0]
     assert x.shape == (100, 32, 32, 3) and x.dtype == np.float32
     assert y.shape == (100,) and y.dtype == np.int32
@@ -45,13 +48,13 @@ def test_same_seed_same_batches_and_resume_sees_the_same_epoch(synthetic_splits)
     aug = AugmentConfig(translate=4, flip="random", cutout=4)
     a = _inputs(synthetic_splits, augment=aug)
     b = _inputs(synthetic_splits, augment=aug)
-    first = list(a.train_dataset_fn(0, 3)())
-    again = list(b.train_dataset_fn(2, 3)())  # a run resumed at epoch 2
-    steps = a.steps_per_epoch
+    first = list(a.train_dataset_fn(a.run_length(3))())
+    again = list(b.train_dataset_fn(b.run_length(3), 2)())  # a run resumed at epoch 2
+    steps = a.run_length(3).steps_per_epoch
     assert len(again) == steps and len(first) == 3 * steps
     for (x1, y1), (x2, y2) in zip(first[2 * steps :], again, strict=True):
         assert np.array_equal(x1.numpy(), x2.numpy()) and np.array_equal(y1.numpy(), y2.numpy())
-    c = inputs_lib.make_inputs(synthetic_splits, a.cfg, seed=1)
+    c = datasets.make_inputs(synthetic_splits, a.cfg, seed=1)
     assert not np.array_equal(_epoch(c)[0][1], _epoch(a)[0][1])
 
 
@@ -73,15 +76,15 @@ def test_replica_batches_concatenate_to_the_global_batch(synthetic_splits):
 def test_batch_must_divide_by_replicas(synthetic_splits):
     inputs = _inputs(synthetic_splits, batch_size=63)
     ctx = tf.distribute.InputContext(1, 0, 2)
-    with pytest.raises(inputs_lib.InputError, match="must divide by the 2 replicas: use 62 or 64"):
-        inputs.train_dataset_fn(0, 1)(ctx)
+    with pytest.raises(datasets.InputError, match="must divide by the 2 replicas: use 62 or 64"):
+        inputs.train_dataset_fn(inputs.run_length(1))(ctx)
 
 
 def test_device_preprocess_matches_pipeline(synthetic_splits):
     aug = AugmentConfig(translate=3, flip="random")
     host = _epoch(_inputs(synthetic_splits, augment=aug))
     device = _inputs(synthetic_splits, augment=aug, augment_on_device=True)
-    (images, keys), labels = next(iter(device.train_dataset_fn(0, 1)()))
+    (images, keys), labels = next(iter(device.train_dataset_fn(device.run_length(1))()))
     assert images.dtype == tf.uint8
     np.testing.assert_allclose(
         device.device_preprocess(images, keys).numpy(), host[0][0], atol=1e-5
@@ -96,15 +99,15 @@ def test_eval_dataset_keeps_every_example_in_order(synthetic_splits):
 
 
 def test_batch_larger_than_data_is_rejected(synthetic_splits):
-    with pytest.raises(inputs_lib.InputError, match="lower --batch-size"):
+    with pytest.raises(datasets.InputError, match="lower --batch-size"):
         _inputs(synthetic_splits, batch_size=10_000)
 
 
 def test_notebook_iterator_and_per_element_pipeline(synthetic_splits):
     train = synthetic_splits.train
-    it = inputs_lib.NotebookIterator(train.images, train.labels, 100, shuffle=True)
+    it = baselines.NotebookIterator(train.images, train.labels, 100, shuffle=True)
     sizes = [len(y) for _, y in it]
     assert sizes == [100] * 5 + [12]
-    per_element = inputs_lib.per_element_dataset(train, synthetic_splits, 64, seed=0)
+    per_element = baselines.per_element_dataset(train, synthetic_splits, 64, seed=0)
     x, y = next(iter(per_element))
     assert x.shape == (64, 32, 32, 3) and x.dtype == tf.float32

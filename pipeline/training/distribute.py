@@ -9,10 +9,11 @@ import socket
 import tensorflow as tf
 
 from pipeline.config import TrainConfig
+from pipeline.errors import UserError
 
 
-class StrategyError(RuntimeError):
-    pass
+class StrategyError(UserError):
+    """The strategy flags do not fit together or this process; the message says the fix."""
 
 
 def split_cpu(replicas: int) -> list[str]:

@@ -134,7 +134,3 @@ def preprocess(
     """uint8 batch -> augmented, normalised float32 batch; the same in tf.data or a step."""
     images = augment(images, keys, epoch, cfg)
     return apply_cutout(normalise(images, mean, std), keys, epoch, cfg)
-
-
-def is_active(cfg: AugmentConfig) -> bool:
-    return bool(cfg.translate or cfg.flip != "none" or cfg.cutout)

@@ -6,7 +6,8 @@ import os
 import subprocess
 import sys
 
-from pipeline.distribute import local_cluster
+from pipeline.errors import UserError
+from pipeline.training.distribute import local_cluster
 
 
 def strip_flag(argv: list[str], flag: str) -> list[str]:
@@ -26,7 +27,7 @@ def run_local_workers(n: int, argv: list[str], module: str = "scripts.train") ->
     """Starts `python -m module argv --strategy multi_worker` n times with TF_CONFIG set;
     worker 0 is the chief (writes outputs); returns the first non-zero exit code."""
     if n < 1:
-        raise ValueError(f"--local-workers must be >= 1, got {n}")
+        raise UserError(f"--local-workers must be >= 1, got {n}")
     args = strip_flag(strip_flag(argv, "--local-workers"), "--strategy")
     procs = []
     for i, tf_config in enumerate(local_cluster(n)):

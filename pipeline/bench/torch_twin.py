@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.config import Config
+from pipeline.run_length import RunLength
 
 # custom_convnet params the twin reproduces; any other value is refused, not approximated.
 _TWIN_PARAMS = {"stem": ("whiten", "conv", "none"), "pool": ("max", "avg"), "head": ("max", "avg")}
@@ -38,7 +39,7 @@ def _params(cfg: Config) -> dict:
     if cfg.model.name != "custom_convnet":
         raise TwinError(
             f"the PyTorch twin reproduces custom_convnet only, not {cfg.model.name}: "
-            "use --preset challenge (or quick), or drop the torch contender"
+            "use --experiment challenge (or quick), or drop the torch contender"
         )
     defaults = {
         k: v.default
@@ -130,13 +131,13 @@ def _is_bias(name: str) -> bool:
     return name.endswith("bias")
 
 
-def _make_optimizer(model, cfg: Config, total_steps: int, steps_per_epoch: int):
+def _make_optimizer(model, cfg: Config, length: RunLength):
     """SGD with (Nesterov) momentum and the bias lr multiplier, and `lr_at(step)`: the
     project's own schedule (`optim.lr_at`), so both sides follow the same rates. Decoupled
     weight decay is applied in the step, as Keras applies it (w -= lr * wd * w)."""
     import torch  # noqa: PLC0415
 
-    from pipeline import optim  # noqa: PLC0415 - imports TensorFlow
+    from pipeline.training import optim  # noqa: PLC0415 - imports TensorFlow
 
     o = cfg.optim
     if o.optimizer not in ("sgd", "nesterov"):
@@ -151,8 +152,8 @@ def _make_optimizer(model, cfg: Config, total_steps: int, steps_per_epoch: int):
     )
 
     # Every step's rate computed up front, so the timed steps pay nothing for TensorFlow.
-    rates = optim.lr_at(np.arange(total_steps), o, total_steps, steps_per_epoch).numpy()
-    rates = np.broadcast_to(rates, [total_steps])  # a constant schedule gives one scalar
+    rates = optim.lr_at(np.arange(length.total_steps), o, length).numpy()
+    rates = np.broadcast_to(rates, [length.total_steps])  # a constant schedule: one scalar
 
     def lr_at(step: int) -> float:
         return float(rates[step])
@@ -174,12 +175,12 @@ def train_throughput(cfg: Config, images: np.ndarray, labels: np.ndarray, steps:
     import torch  # noqa: PLC0415
     import torch.nn.functional as F  # noqa: N812, PLC0415
 
-    from pipeline.benchmark import time_passes  # noqa: PLC0415
+    from pipeline.bench.benchmark import schedule_length, time_passes  # noqa: PLC0415
 
     torch.manual_seed(cfg.train.seed)
     batch = cfg.data.batch_size
     model = build(cfg)
-    opt, lr_at = _make_optimizer(model, cfg, total_steps=steps * 10, steps_per_epoch=steps)
+    opt, lr_at = _make_optimizer(model, cfg, schedule_length(steps))
     decayed = [t for n, t in model.named_parameters() if t.requires_grad and not _is_bias(n)]
     x_all = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
     y_all = torch.from_numpy(np.asarray(labels, np.int64))

@@ -6,17 +6,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 import tensorflow as tf
 
-from pipeline import augment
 from pipeline.config import DataConfig
-from pipeline.data import Split, Splits
+from pipeline.data import augment
+from pipeline.data.sources import Split, Splits
+from pipeline.errors import UserError
+from pipeline.run_length import RunLength, run_length
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-class InputError(ValueError):
+class InputError(UserError):
     """Batch size, replicas and data sizes do not fit together."""
 
 
@@ -31,19 +32,20 @@ class Inputs:
     # and rebuilding them every epoch and every search trial kept ratcheting memory up.
     _eval_datasets: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
-    @property
-    def steps_per_epoch(self) -> int:
-        return len(self.splits.train.labels) // self.cfg.batch_size
+    def run_length(self, epochs: int, cut: int = 0) -> RunLength:
+        """`epochs` of this training split's full batches, each cut to `cut` steps if > 0."""
+        return run_length(len(self.splits.train.labels), self.cfg.batch_size, epochs, cut)
 
-    def train_dataset_fn(self, start_epoch: int, epochs: int) -> Callable:
-        """A `dataset_fn(input_context)` for `strategy.distribute_datasets_from_function`.
+    def train_dataset_fn(self, length: RunLength, start_epoch: int = 0) -> Callable:
+        """A `dataset_fn(input_context)` for `strategy.distribute_datasets_from_function`:
+        epochs `start_epoch` to `length.epochs` of exactly `length.steps_per_epoch` steps.
 
         Each epoch's order is a stateless shuffle of (seed, epoch), so a resumed run sees
-        exactly the batches it would have seen. Every global batch is the same whatever the
-        replica count: input pipeline p takes its contiguous share and splits it into one
-        batch per local replica, in replica order.
+        exactly the batches it would have seen, cut epochs included. Every global batch is
+        the same whatever the replica count: input pipeline p takes its contiguous share
+        and splits it into one batch per local replica, in replica order.
         """
-        return lambda ctx=None: train_dataset(self, start_epoch, epochs, ctx)
+        return lambda ctx=None: train_dataset(self, length, start_epoch, ctx)
 
     def eval_dataset(self, split: str, ctx: tf.distribute.InputContext | None = None):
         if ctx is not None:  # a per-worker shard: built where the strategy asks for it
@@ -90,17 +92,20 @@ def _shares(global_batch: int, ctx: tf.distribute.InputContext | None) -> tuple[
 
 
 def train_dataset(
-    inputs: Inputs, start_epoch: int, epochs: int, ctx: tf.distribute.InputContext | None = None
+    inputs: Inputs,
+    length: RunLength,
+    start_epoch: int = 0,
+    ctx: tf.distribute.InputContext | None = None,
 ) -> tf.data.Dataset:
     cfg, splits, seed = inputs.cfg, inputs.splits, inputs.seed
     pipelines, pipeline_id, local = _shares(cfg.batch_size, ctx)
     batch = cfg.batch_size // (pipelines * local)
-    steps = inputs.steps_per_epoch
+    steps = length.steps_per_epoch
     n = len(splits.train.labels)
 
     def epoch_batches(epoch):
-        # Shuffle whole indices, cut into global batches; drop the remainder so every
-        # step has a full batch on every replica.
+        # Shuffle whole indices, cut into global batches; drop the remainder (and what a
+        # cut epoch leaves out) so every step has a full batch on every replica.
         order = tf.random.experimental.stateless_shuffle(
             tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
         )
@@ -109,7 +114,7 @@ def train_dataset(
         epochs_col = tf.fill([steps * local], epoch)
         return tf.data.Dataset.from_tensor_slices((mine, epochs_col))
 
-    batches = tf.data.Dataset.range(start_epoch, epochs).flat_map(epoch_batches)
+    batches = tf.data.Dataset.range(start_epoch, length.epochs).flat_map(epoch_batches)
     gather = _memory_gather(splits.train)
     # XLA fuses shift, flip, cast and normalise into one pass: about 3x faster on CPU.
     preprocess = tf.function(
@@ -149,61 +154,3 @@ def eval_dataset(
     return ds.map(
         lambda x, y: (augment.normalise(x, splits.mean, splits.std), y), num_parallel_calls=AUTOTUNE
     ).prefetch(AUTOTUNE)
-
-
-def per_element_dataset(
-    split: Split, splits: Splits, batch_size: int, seed: int, pad: int = 4
-) -> tf.data.Dataset:
-    """The textbook tf.data pipeline: cache, shuffle, per-image map(crop, flip), batch.
-
-    Kept as the comparison point of `cifar-bench pipeline`; training uses `train_dataset`.
-    """
-    mean, std = tf.constant(splits.mean), tf.constant(splits.std)
-
-    def one_image(image, label):
-        image = tf.image.pad_to_bounding_box(image, pad, pad, 32 + 2 * pad, 32 + 2 * pad)
-        image = tf.image.random_crop(image, [32, 32, 3])
-        image = tf.image.random_flip_left_right(image)
-        return (tf.cast(image, tf.float32) - mean) / std, label
-
-    return (
-        tf.data.Dataset.from_tensor_slices((split.images, split.labels))
-        .cache()
-        .shuffle(len(split.labels), seed=seed, reshuffle_each_iteration=True)
-        .map(one_image, num_parallel_calls=AUTOTUNE)
-        .batch(batch_size, drop_remainder=True)
-        .prefetch(AUTOTUNE)
-    )
-
-
-class NotebookIterator:
-    """The notebook's numpy `Dataset`: shuffle indices, slice batches in Python.
-
-    The naive baseline of the benchmarks; it does no augmentation and no prefetching.
-    """
-
-    def __init__(
-        self,
-        images: np.ndarray,
-        labels: np.ndarray,
-        batch_size: int,
-        shuffle: bool = False,
-        seed: int = 0,
-    ):
-        self.images, self.labels = images, labels
-        self.batch_size, self.shuffle = batch_size, shuffle
-        self.rng = np.random.default_rng(seed)
-
-    def __iter__(self):
-        n, b = len(self.labels), self.batch_size
-        idxs = np.arange(n)
-        if self.shuffle:
-            self.rng.shuffle(idxs)
-        return iter(
-            (self.images[idxs[i : i + b]], self.labels[idxs[i : i + b]]) for i in range(0, n, b)
-        )
-
-
-def notebook_preprocess(split: Split, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """The notebook's whole-array normalisation to float32, done once up front."""
-    return ((split.images.astype(np.float32) - mean) / std).astype(np.float32)

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline import torch_twin
+from pipeline.bench import torch_twin
 from pipeline.config import ConfigError, override
 from scripts import bench
 
@@ -13,8 +13,8 @@ def _bench(*args):
 def test_twin_has_the_projects_trainable_parameter_count(size):
     pytest.importorskip("torch")
     from models.registry import build_model
-    from pipeline import run
-    from pipeline.presets import get
+    from pipeline.experiments import get
+    from pipeline.training import run
 
     cfg = override(get("challenge"), {"model.params.size": size})
     keras_count = run.count_params(build_model(cfg.model))
@@ -25,7 +25,7 @@ def test_bench_times_loop_and_twin_side_by_side_or_says_why_not():
     result = _bench(
         "--preset", "quick", "--contenders", "loop,torch", "--steps", "1", "--repeats", "1"
     )
-    assert result["loop"] > 0 and result["settings"]["preset"] == "quick"
+    assert result["loop"] > 0 and result["settings"]["experiment"] == "quick"
     if torch_twin.available():
         assert result["torch"] > 0 and result["loop_over_torch"] > 0
         counts = result["settings"]["trainable_parameters"]
@@ -54,7 +54,7 @@ def test_bench_flags_are_checked(capsys):
 
 
 def test_profile_sums_the_step_by_op_type():
-    from pipeline import profile
+    from pipeline.bench import profile
 
     args = bench.parse(["train", "--synthetic", "--preset", "quick"])
     cfg = bench.train_config(args)

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from pipeline import precision, run
 from pipeline.config import Config
+from pipeline.training import precision, run
 from tests.conftest import tiny_config
 
 SPR = frozenset({"avx512f", "amx_bf16", "amx_tile", "avx512_bf16"})

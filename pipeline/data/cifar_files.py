@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import UserError
+
 BIN_FOLDER = "cifar-10-batches-bin"
 PY_FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
@@ -33,7 +35,7 @@ OFFICIAL_SHA256 = {
 }
 
 
-class DataError(RuntimeError):
+class DataError(UserError):
     """The data the user pointed at is missing or damaged; the message says how to fix it."""
 
 

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import loop, optim, precision, run
 from pipeline.config import OptimConfig
+from pipeline.errors import NonFiniteLossError
+from pipeline.run_length import RunLength
+from pipeline.training import keras_fit, loop, optim, precision, run, steps
 from tests.conftest import REPO, tiny_config
 
 
@@ -79,9 +81,11 @@ def test_float16_train_step_skips_a_non_finite_batch_and_scales_the_loss():
     cfg = tiny_config(**{"train.precision": "mixed_float16", "optim.lr": 0.05})
     strategy, inputs = run.prepare(cfg)
     model = run.build(cfg, strategy)
-    opt = precision.wrap_optimizer(optim.make_optimizer(cfg.optim, 100, 10), "mixed_float16")
+    opt = precision.wrap_optimizer(
+        optim.make_optimizer(cfg.optim, RunLength(10, 10)), "mixed_float16"
+    )
     opt.build(model.trainable_variables)
-    step = loop.make_train_step(model, opt, inputs, cfg, strategy)
+    step = steps.make_train_step(model, opt, inputs, cfg, strategy)
     x = tf.constant(np.random.default_rng(0).standard_normal((32, 32, 32, 3)), tf.float32)
     y = tf.constant(np.arange(32) % 10, tf.int32)
     poisoned = tf.tensor_scatter_nd_update(x, [[0, 0, 0, 0]], [np.inf])
@@ -108,15 +112,15 @@ def test_float16_train_step_skips_a_non_finite_batch_and_scales_the_loss():
 
 
 def test_schedules():
-    total, per_epoch = 100, 10
+    length = RunLength(10, 10)
     cos = OptimConfig(lr=1.0, schedule="cosine", warmup_epochs=1)
     one = OptimConfig(lr=1.0, schedule="onecycle", warmup_epochs=2, final_lr_fraction=0.1)
-    assert float(optim.lr_at(0, cos, total, per_epoch)) == pytest.approx(0.1)
-    assert float(optim.lr_at(10, cos, total, per_epoch)) == pytest.approx(1.0)
-    assert float(optim.lr_at(55, cos, total, per_epoch)) == pytest.approx(0.5, abs=1e-6)
-    assert float(optim.lr_at(100, cos, total, per_epoch)) == pytest.approx(0.0, abs=1e-6)
-    assert float(optim.lr_at(60, one, total, per_epoch)) == pytest.approx(0.55)
-    assert float(optim.lr_at(5, OptimConfig(lr=0.3), total, per_epoch)) == pytest.approx(0.3)
+    assert float(optim.lr_at(0, cos, length)) == pytest.approx(0.1)
+    assert float(optim.lr_at(10, cos, length)) == pytest.approx(1.0)
+    assert float(optim.lr_at(55, cos, length)) == pytest.approx(0.5, abs=1e-6)
+    assert float(optim.lr_at(100, cos, length)) == pytest.approx(0.0, abs=1e-6)
+    assert float(optim.lr_at(60, one, length)) == pytest.approx(0.55)
+    assert float(optim.lr_at(5, OptimConfig(lr=0.3), length)) == pytest.approx(0.3)
 
 
 def test_label_smoothing_loss():
@@ -213,7 +217,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
     run.train(tiny_config(**{"train.epochs": 1, "train.out_dir": str(out)}), log=lambda s: None)
     before = tf.train.latest_checkpoint(str(out / "checkpoints"))
-    with pytest.raises(loop.NonFiniteLossError, match="lower the learning rate.*epoch 1"):
+    with pytest.raises(NonFiniteLossError, match="lower the learning rate.*epoch 1"):
         run.train(
             tiny_config(**{"train.epochs": 2, "train.out_dir": str(out), "optim.lr": 1e12}),
             log=lambda s: None,
@@ -240,7 +244,7 @@ def test_keras_fit_trains_as_the_custom_loop_where_their_features_overlap():
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
         # (its val_loss includes label smoothing, the custom loop's does not)
         assert a["val_accuracy"] == pytest.approx(b["val_accuracy"], abs=2 / 256)
-    with pytest.raises(run.RunError, match="use --loop custom"):
+    with pytest.raises(keras_fit.KerasFitError, match="use --loop custom"):
         run.train(tiny_config(**{"train.loop": "fit", "model.name": "lowlevel_two_layer_fc"}))
 
 
@@ -255,7 +259,7 @@ def test_keras_fit_trains_as_the_custom_loop_where_their_features_overlap():
 )
 def test_keras_fit_refuses_what_it_would_ignore(key, value):
     cfg = tiny_config(**{"train.loop": "fit", "model.name": "sequential_two_layer_fc", key: value})
-    with pytest.raises(run.RunError, match=f"cannot apply {key}.*--loop custom"):
+    with pytest.raises(keras_fit.KerasFitError, match=f"cannot apply {key}.*--loop custom"):
         run.train(cfg, log=lambda s: None)
 
 
@@ -368,11 +372,11 @@ def test_bn_recalibration_refreshes_running_statistics():
     model = run.build(cfg, strategy, inputs)
     bn = model.get_layer("stage0_bn0")
     bn.moving_mean.assign(tf.fill(bn.moving_mean.shape, 100.0))
-    loop.make_bn_recalibration(model, inputs, cfg, strategy)()
+    steps.make_bn_recalibration(model, inputs, cfg, strategy)()
     assert np.abs(bn.moving_mean.numpy()).max() < 50, "stale statistics were replaced"
     off = tiny_config(**{"model.name": "custom_convnet", "model.params": {"size": "tiny"}})
     bn.moving_mean.assign(tf.fill(bn.moving_mean.shape, 100.0))
-    loop.make_bn_recalibration(model, inputs, off, strategy)()
+    steps.make_bn_recalibration(model, inputs, off, strategy)()
     assert np.allclose(bn.moving_mean.numpy(), 100.0), "0 batches leaves them alone"
 
 

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import augment
 from pipeline.config import AugmentConfig
+from pipeline.data import augment
 
 
 def _images(n=8, seed=0):

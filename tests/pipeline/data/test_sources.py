@@ -4,9 +4,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import cifar_files, data
-from pipeline.cifar_files import DataError
 from pipeline.config import DataConfig
+from pipeline.data import cifar_files
+from pipeline.data import sources as data
+from pipeline.data.cifar_files import DataError
 
 
 def _fake_bin_folder(tmp_path: Path, local_cifar: Path, bad_file=None, content=None) -> Path:

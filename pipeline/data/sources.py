@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.cifar_files import DataError, binary_release, check_bin_folder
-
-__all__ = ["DataError", "Split", "Splits", "import_local_copy", "load_splits"]
 from pipeline.config import DataConfig
+from pipeline.data.cifar_files import DataError, binary_release, check_bin_folder
+
+__all__ = ["DataError", "Split", "Splits", "import_local_copy", "load_splits", "normalised"]
 
 DATASET = "cifar10"
 DOWNLOAD_HOST = "www.cs.toronto.edu"  # where tfds's cifar10 builder downloads from
@@ -237,3 +237,8 @@ def load_splits(cfg: DataConfig, seed: int = 0) -> Splits:
         std,
         tuple(b.info.features["label"].names),
     )
+
+
+def normalised(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """uint8 images as float32 with zero mean and unit std per channel, as numpy, at once."""
+    return ((images.astype(np.float32) - mean) / std).astype(np.float32)

@@ -22,18 +22,15 @@ def op_times(cfg, steps: int) -> dict:
     """
     import tensorflow as tf  # noqa: PLC0415 - only when profiling
 
-    from pipeline import loop, run  # noqa: PLC0415
+    from pipeline.bench.benchmark import compiled_loop  # noqa: PLC0415
+    from pipeline.training import run  # noqa: PLC0415
 
     strategy, inputs = run.prepare(cfg)
-    model = run.build(cfg, strategy, inputs)
-    with strategy.scope():
-        opt = loop.build_optimizer(cfg, steps * 10, steps)
-    train_steps = loop.make_train_step(model, opt, inputs, cfg, strategy)
-    iterator = iter(strategy.distribute_datasets_from_function(inputs.train_dataset_fn(0, 10_000)))
-    train_steps(iterator, tf.constant(2)).numpy()
+    _, train_steps = compiled_loop(cfg, strategy, inputs, steps)
+    train_steps(2)
     logdir = tempfile.mkdtemp(prefix="cifar-profile-")
     tf.profiler.experimental.start(logdir)
-    train_steps(iterator, tf.constant(steps)).numpy()
+    train_steps(steps)
     tf.profiler.experimental.stop()
     totals, step_ps = _sum_by_op(logdir)
     all_ops = sum(totals.values()) or 1

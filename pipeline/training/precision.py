@@ -61,16 +61,27 @@ def bf16_units(flags: frozenset[str]) -> list[str]:
     return [f for f in BF16_CPU_FLAGS if f in flags]
 
 
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
-    """The first CPU's feature flags (Linux); None where they cannot be read."""
+def _cpuinfo_field(names: tuple[str, ...], cpuinfo: str | Path) -> str | None:
+    """The first CPU's value of the first field in `names` (Linux); None where unreadable."""
     try:
         text = Path(cpuinfo).read_text()
     except OSError:
         return None
     for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
+        if line.startswith(names):
+            return line.split(":", 1)[1].strip()
     return None
+
+
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
+    """The first CPU's feature flags (Linux); None where they cannot be read."""
+    flags = _cpuinfo_field(("flags", "Features"), cpuinfo)
+    return None if flags is None else frozenset(flags.split())
+
+
+def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+    """The CPU's model name, stated beside every measured figure; None where unknown."""
+    return _cpuinfo_field(("model name",), cpuinfo)
 
 
 def gpu_capabilities() -> list[tuple[int, int]]:

@@ -7,6 +7,8 @@ import statistics
 import time
 from collections.abc import Callable, Iterable
 
+from pipeline.run_length import RunLength
+
 
 def resident_memory_mib() -> float | None:
     """This process's resident memory now (Linux /proc), in MiB; None where unknown."""
@@ -57,13 +59,36 @@ def images_per_second(
 
 
 CONTENDERS = ("naive", "fit", "loop", "torch")
+DATA_EPOCHS = 10_000  # more than any benchmark reads: the data never runs out mid-pass
+
+
+def schedule_length(steps: int) -> RunLength:
+    """The learning-rate schedule every contender follows: 10 epochs of `steps` steps."""
+    return RunLength(steps, 10)
+
+
+def compiled_loop(cfg, strategy, inputs, steps: int) -> tuple:
+    """The project's loop as the benchmark and the profiler time it: a fresh model, its
+    optimizer, `train_steps(iterator, n)` and an endless training iterator."""
+    import tensorflow as tf  # noqa: PLC0415 - TensorFlow-heavy imports only when measuring
+
+    from pipeline.training import optim, run  # noqa: PLC0415
+    from pipeline.training.steps import make_train_step  # noqa: PLC0415
+
+    model = run.build(cfg, strategy, inputs)
+    with strategy.scope():
+        opt = optim.build_optimizer(cfg, schedule_length(steps))
+    step_fn = make_train_step(model, opt, inputs, cfg, strategy)
+    data_fn = inputs.train_dataset_fn(inputs.run_length(DATA_EPOCHS))
+    iterator = iter(strategy.distribute_datasets_from_function(data_fn))
+    return model, lambda n: step_fn(iterator, tf.constant(n)).numpy()
 
 
 def training_throughput(
     cfg, steps: int, repeats: int = 3, contenders=CONTENDERS, log=print
 ) -> dict:
     """Training images/s of the notebook's way, keras `fit`, the project's loop and the
-    PyTorch twin (`pipeline/torch_twin.py`).
+    PyTorch twin (`pipeline/bench/torch_twin.py`).
 
     Same model, batch, optimizer and precision for all; each pass is `steps` steps, timed
     after one warm-up pass (tracing and compilation excluded). A contender that cannot run
@@ -73,8 +98,9 @@ def training_throughput(
     import keras  # noqa: PLC0415 - TensorFlow-heavy imports only when benchmarking
     import tensorflow as tf  # noqa: PLC0415
 
-    from pipeline import input as inputs_lib  # noqa: PLC0415
-    from pipeline import loop, optim, run, torch_twin  # noqa: PLC0415
+    from pipeline.bench import baselines, torch_twin  # noqa: PLC0415
+    from pipeline.data import sources  # noqa: PLC0415
+    from pipeline.training import keras_fit, optim, run  # noqa: PLC0415
 
     strategy, inputs = run.prepare(cfg)
     batch = cfg.data.batch_size
@@ -83,12 +109,12 @@ def training_throughput(
 
     @functools.cache  # the training split as float32 (600 MB): made once, for naive and torch
     def normalised_images():
-        return inputs_lib.notebook_preprocess(train, inputs.splits.mean, inputs.splits.std)
+        return sources.normalised(train.images, inputs.splits.mean, inputs.splits.std)
 
     def fresh_model_and_optimizer():
         model = run.build(cfg, strategy, inputs)
         with strategy.scope():
-            return model, loop.build_optimizer(cfg, steps * 10, steps)
+            return model, optim.build_optimizer(cfg, schedule_length(steps))
 
     def timed(name, measure):
         """Stores and prints `measure()`, a `time_passes`-like result."""
@@ -102,9 +128,7 @@ def training_throughput(
     if "naive" in contenders:
         # The notebook: numpy batches, an eager GradientTape step, no tf.function.
         model, opt = fresh_model_and_optimizer()
-        batches = inputs_lib.NotebookIterator(
-            normalised_images(), train.labels, batch, shuffle=True
-        )
+        batches = baselines.NotebookIterator(normalised_images(), train.labels, batch, shuffle=True)
 
         def naive_pass():
             for k, (x, y) in enumerate(batches):
@@ -124,8 +148,8 @@ def training_throughput(
     if "fit" in contenders:
         model, opt = fresh_model_and_optimizer()
         if isinstance(model, keras.Model):
-            model.compile(optimizer=opt, loss=run.loss_fn(cfg), metrics=["accuracy"])
-            fit_data = inputs.train_dataset_fn(0, 10_000)(None).repeat()
+            model.compile(optimizer=opt, loss=keras_fit.loss_fn(cfg), metrics=["accuracy"])
+            fit_data = inputs.train_dataset_fn(inputs.run_length(DATA_EPOCHS))(None)
 
             def fit_pass():
                 model.fit(fit_data, epochs=1, steps_per_epoch=steps, verbose=0)
@@ -136,13 +160,10 @@ def training_throughput(
             skipped["fit"] = f"{cfg.model.name} is a tf.Module, not a keras.Model"
 
     if "loop" in contenders:
-        model, opt = fresh_model_and_optimizer()
-        train_steps = loop.make_train_step(model, opt, inputs, cfg, strategy)
-        data = strategy.distribute_datasets_from_function(inputs.train_dataset_fn(0, 10_000))
-        iterator = iter(data)
+        model, train_steps = compiled_loop(cfg, strategy, inputs, steps)
 
         def loop_pass():
-            train_steps(iterator, tf.constant(steps)).numpy()
+            train_steps(steps)
             return steps * batch
 
         timed("loop", lambda: time_passes(loop_pass, repeats))

@@ -1,0 +1,3 @@
+"""Measuring, not training: throughput contenders (`benchmark`), the notebook's and the
+textbook's baselines (`baselines`), the profiler summary (`profile`) and the PyTorch twin
+(`torch_twin`). Production code never imports this package."""

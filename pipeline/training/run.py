@@ -1,0 +1,134 @@
+"""One training run from a Config: data, strategy, model, the loop, and the run's outputs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import keras
+import tensorflow as tf
+
+from models import registry
+from pipeline.config import Config, ConfigError, to_dict
+from pipeline.data import sources
+from pipeline.data.datasets import Inputs, make_inputs
+from pipeline.errors import UserError
+from pipeline.training import distribute, loop, precision
+from pipeline.training.keras_fit import fit_with_keras
+from pipeline.training.run_dir import write_json
+
+
+class RunError(UserError):
+    """A run's settings do not fit together; the message says which and how to fix it."""
+
+
+def build(cfg: Config, strategy: tf.distribute.Strategy, inputs: Inputs | None = None):
+    """The model under the strategy and precision scopes; when `inputs` is given, its
+    data-dependent weights (if its registry entry has any) set from the training split.
+
+    Raises:
+        ConfigError: for an unknown model or params its builder does not take.
+    """
+    try:
+        entry = registry.entry(cfg.model.name)
+        with strategy.scope(), precision.policy_scope(cfg.train.precision):
+            model = registry.build_model(cfg.model)
+    except registry.ModelError as e:
+        raise ConfigError(str(e)) from e
+    if inputs is not None and entry.init_from_data:
+        splits = inputs.splits
+        images = splits.train.images[: entry.init_images]
+        with strategy.scope():
+            entry.init_from_data(model, sources.normalised(images, splits.mean, splits.std))
+    return model
+
+
+def prepare(cfg: Config) -> tuple[tf.distribute.Strategy, Inputs]:
+    """Strategy first (it may split the CPU, which must precede any TF op), then data."""
+    strategy = distribute.make_strategy(cfg.train)
+    keras.utils.set_random_seed(cfg.train.seed)
+    splits = sources.load_splits(cfg.data, seed=cfg.train.seed)
+    return strategy, make_inputs(splits, cfg.data, cfg.train.seed)
+
+
+# What a checkpoint's variables depend on: a resume must keep these as they were.
+_CHECKPOINT_SHAPING = ("model", "optim.optimizer", "train.precision")
+
+
+def check_resumable(out: Path, cfg: Config) -> None:
+    """Raises RunError, before anything in `out` is touched, when `out` holds a checkpoint
+    that `cfg` could not restore (another model, optimizer or precision)."""
+    saved_path = out / "config.json"
+    if not (saved_path.is_file() and tf.train.latest_checkpoint(str(out / "checkpoints"))):
+        return
+    saved, now = json.loads(saved_path.read_text()), to_dict(cfg)
+    for key in _CHECKPOINT_SHAPING:
+        was, wants = _get_dotted(saved, key), _get_dotted(now, key)
+        if was != wants:
+            raise RunError(
+                f"{out} holds a checkpoint trained with {key} = {json.dumps(was)}, but this run "
+                f"asks for {json.dumps(wants)}, which cannot resume it. Give a new --out, or "
+                f"delete {out} to start afresh."
+            )
+
+
+def _get_dotted(tree: dict, key: str):
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
+
+
+def train(cfg: Config, log=print, callbacks=None) -> dict:
+    """Trains `cfg.model.name` as configured; writes config/metrics under `cfg.train.out_dir`.
+
+    Returns:
+        metrics.json's content.
+    """
+    wall = time.perf_counter()
+    resolved = {"requested": cfg.train.precision}
+    cfg, choice = precision.resolve(cfg, log)
+    resolved.update(chosen=choice.policy, reason=choice.reason, device=choice.device)
+    out = Path(cfg.train.out_dir) if cfg.train.out_dir else None
+    if out:
+        check_resumable(out, cfg)  # before the data is loaded: a refusal costs nothing
+    strategy, inputs = prepare(cfg)
+    chief = distribute.is_chief(strategy)
+    if out and chief:
+        out.mkdir(parents=True, exist_ok=True)
+        # What "auto" became on this machine: a record beside the settings (from_dict skips it).
+        saved = {**to_dict(cfg), "resolved": {"train.precision": resolved}}
+        write_json(out / "config.json", saved)
+    model = build(cfg, strategy, inputs)
+    length = inputs.run_length(cfg.train.epochs, cfg.train.steps_per_epoch)
+    log(
+        f"{cfg.model.name}: {count_params(model):,} parameters, {strategy.num_replicas_in_sync}"
+        f" replica(s), {cfg.train.precision}, {length.epochs} epoch(s) of "
+        f"{length.steps_per_epoch} steps of {cfg.data.batch_size}"
+    )
+    if cfg.train.loop == "fit":
+        result = fit_with_keras(model, inputs, cfg, strategy, log)
+    else:
+        result = loop.fit(model, inputs, cfg, strategy, callbacks=callbacks, log=log)
+    metrics = {
+        "model": cfg.model.name,
+        "loop": cfg.train.loop,
+        "precision": cfg.train.precision,
+        "precision_choice": resolved,
+        "replicas": strategy.num_replicas_in_sync,
+        "seed": cfg.train.seed,
+        **result,
+        "wall_seconds": time.perf_counter() - wall,
+    }
+    if out and chief:
+        write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def count_params(model) -> int:
+    return int(
+        sum(
+            v.shape.num_elements() if hasattr(v.shape, "num_elements") else int(tf.size(v))
+            for v in model.trainable_variables
+        )
+    )

@@ -1,0 +1,150 @@
+"""The compiled steps every model trains and evaluates through: `make_train_step`,
+`make_eval_step`, BN recalibration, test-time augmentation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+
+from pipeline.config import Config
+from pipeline.data.datasets import Inputs
+from pipeline.training import optim
+
+
+def trainable(model) -> list:
+    return list(model.trainable_variables)
+
+
+def _is_bias(variable) -> bool:
+    name = getattr(variable, "path", None) or variable.name
+    return name.split("/")[-1].split(":")[0] in ("bias", "beta")
+
+
+def _regularisation(model) -> tf.Tensor | float:
+    losses = getattr(model, "losses", None)
+    return tf.add_n([tf.cast(v, tf.float32) for v in losses]) if losses else 0.0
+
+
+def _step_totals(per_example: tf.Tensor, logits: tf.Tensor, y: tf.Tensor) -> tuple:
+    """(loss sum, correct predictions, examples) of one replica's batch."""
+    correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, tf.int32), y), tf.float32))
+    return tf.reduce_sum(per_example), correct, tf.cast(tf.size(y), tf.float32)
+
+
+def make_train_step(
+    model, optimizer, inputs: Inputs, cfg: Config, strategy: tf.distribute.Strategy
+) -> Callable:
+    """Returns `train_steps(iterator, n) -> (loss_sum, correct, count)`, compiled.
+
+    Runs `n` steps in one `tf.function` call (fewer Python round trips). Each replica's
+    loss is its per-example losses summed and divided by the GLOBAL batch, so the sum the
+    optimizer all-reduces is the global mean gradient, whatever the replica count.
+    """
+    global_batch = float(cfg.data.batch_size)
+    replicas = strategy.num_replicas_in_sync
+    on_device = cfg.data.augment_on_device
+    num_classes, smoothing = cfg.model.num_classes, cfg.optim.label_smoothing
+    variables = trainable(model)
+    # Biases and BN shifts may learn faster (airbench: 64x). Scaling their gradients is the
+    # same as scaling their learning rate for SGD with momentum (not for Adam).
+    grad_scales = [cfg.optim.bias_lr_scale if _is_bias(v) else 1.0 for v in variables]
+    scale_grads = cfg.optim.bias_lr_scale != 1.0
+
+    def gradients(x, y):
+        if on_device:
+            x = inputs.device_preprocess(*x)
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(x, training=True), tf.float32)
+            per_example = optim.cross_entropy(y, logits, num_classes, smoothing)
+            loss = tf.reduce_sum(per_example) / global_batch
+            loss += _regularisation(model) / replicas
+            scaled = optimizer.scale_loss(loss)
+        grads = tape.gradient(scaled, variables)
+        if scale_grads:
+            grads = [g * k if k != 1.0 else g for g, k in zip(grads, grad_scales, strict=True)]
+        return grads, _step_totals(per_example, logits, y)
+
+    if cfg.train.jit_compile:
+        # XLA fuses the whole forward and backward pass; the optimizer's cross-replica
+        # all-reduce stays outside the cluster.
+        gradients = tf.function(gradients, jit_compile=True)
+
+    def replica_step(x, y):
+        grads, totals = gradients(x, y)
+        optimizer.apply(grads, variables)
+        return totals
+
+    @tf.function
+    def train_steps(iterator, n):
+        totals = tf.zeros([3])
+        for _ in tf.range(n):
+            x, y = next(iterator)
+            out = strategy.run(replica_step, args=(x, y))
+            totals += tf.stack([strategy.reduce("SUM", v, axis=None) for v in out])
+        return totals
+
+    return train_steps
+
+
+def make_eval_step(
+    model, cfg: Config, strategy: tf.distribute.Strategy, tta: str = "none"
+) -> Callable:
+    """Returns `eval_step(x, y) -> (loss_sum, correct, count)`, compiled."""
+    num_classes = cfg.model.num_classes
+
+    def replica_step(x, y):
+        logits = predict_logits(model, x, tta)
+        return _step_totals(optim.cross_entropy(y, logits, num_classes), logits, y)
+
+    @tf.function
+    def eval_step(x, y):
+        out = strategy.run(replica_step, args=(x, y))
+        return tf.stack([strategy.reduce("SUM", v, axis=None) for v in out])
+
+    return eval_step
+
+
+def make_bn_recalibration(model, inputs: Inputs, cfg: Config, strategy) -> Callable:
+    """Returns `recalibrate()`: forward passes in training mode over the first
+    `bn_recalibration_batches` eval-size batches of training images (no augmentation,
+    no gradients), so BN's running statistics match the current weights.
+
+    With fast-moving weights (high learning rate, 64x BN-shift rate) the running averages
+    lag the weights and evaluation suffers (measured in docs/experiments.md).
+    """
+    batches = cfg.train.bn_recalibration_batches
+
+    @tf.function
+    def forward(x):
+        strategy.run(lambda x: model(x, training=True), args=(x,))
+
+    def recalibrate():
+        if not batches:
+            return
+        data = inputs.eval_dataset("train").take(batches)
+        for x, _ in strategy.experimental_distribute_dataset(data):
+            forward(x)
+
+    return recalibrate
+
+
+def predict_logits(model, x: tf.Tensor, tta: str = "none") -> tf.Tensor:
+    """float32 logits, averaged over test-time augmentations: "flip" adds the mirror image,
+    "flip_translate" also 1 px shifts of both (reflect padding)."""
+    if tta == "none":
+        return tf.cast(model(x, training=False), tf.float32)
+    views = [x, tf.reverse(x, axis=[2])]
+    if tta == "flip_translate":
+        padded = [tf.pad(v, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT") for v in views]
+        views += [p[:, :-2, :-2] for p in padded] + [p[:, 2:, 2:] for p in padded]
+    return tf.add_n([tf.cast(model(v, training=False), tf.float32) for v in views]) / len(views)
+
+
+def evaluate(eval_step: Callable, dataset, strategy) -> dict:
+    """Mean loss and accuracy of `eval_step` over `dataset`, distributed by `strategy`."""
+    totals = np.zeros(3)
+    for x, y in strategy.experimental_distribute_dataset(dataset):
+        totals += eval_step(x, y).numpy()
+    return {"loss": totals[0] / max(totals[2], 1), "accuracy": totals[1] / max(totals[2], 1)}
