@@ -18,7 +18,7 @@ $(BIN)/cifar-train: pyproject.toml
 setup: $(BIN)/cifar-train
 
 train: setup
-	$(BIN)/cifar-train --preset challenge --data-dir $(DATA_DIR) \
+	$(BIN)/cifar-train --experiment challenge --data-dir $(DATA_DIR) \
 	  $(if $(CIFAR10_LOCAL),--local-copy $(CIFAR10_LOCAL)) --out runs/challenge $(TRAIN_ARGS)
 
 test: setup

@@ -110,8 +110,10 @@ def _field_type(key: str):
 
 
 def choices(key: str) -> tuple:
-    """The allowed values of a `Literal` field, e.g. choices("train.precision")."""
-    return typing.get_args(_field_type(key))
+    """The allowed values of a `Literal` field, e.g. choices("train.precision"); () for
+    any other field."""
+    hint = _field_type(key)
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
 
 
 def _unwrap_optional(hint) -> tuple[Any, bool]:

@@ -186,12 +186,12 @@ def bench_train(args) -> dict:
 
 
 def bench_profile(args) -> dict:
-    from pipeline.bench import profile  # noqa: PLC0415 - imports TensorFlow
+    from pipeline.bench import op_profile  # noqa: PLC0415 - imports TensorFlow
     from pipeline.training import precision  # noqa: PLC0415
 
     cfg, choice = precision.resolve(train_config(args))
-    result = profile.op_times(cfg, args.steps)
-    print(profile.format_table(result, args.top))
+    result = op_profile.op_times(cfg, args.steps)
+    print(op_profile.format_table(result, args.top))
     print(f"raw trace (TensorBoard's profile tab): {result['logdir']}")
     return {
         "ops": [{"op": n, "ms_per_step": ms, "share": share} for n, ms, share in result["ops"]],

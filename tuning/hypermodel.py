@@ -10,7 +10,6 @@ from pathlib import Path
 import keras
 import keras_tuner as kt
 
-from pipeline.bench.benchmark import resident_memory_mib
 from pipeline.config import Config, override
 from pipeline.data.datasets import Inputs
 from pipeline.training import loop, run
@@ -118,3 +117,15 @@ class CustomConvNetHyperModel(kt.HyperModel):
         row = {"trial_id": trial_id, "pid": os.getpid(), "resident_mib": mib}
         with open(self.history_dir.parent / MEMORY_LOG, "a") as log:
             log.write(json.dumps(row) + "\n")
+
+
+def resident_memory_mib() -> float | None:
+    """This process's resident memory now (Linux /proc), in MiB; None where unknown."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None

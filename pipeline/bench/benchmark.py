@@ -10,18 +10,6 @@ from collections.abc import Callable, Iterable
 from pipeline.run_length import RunLength
 
 
-def resident_memory_mib() -> float | None:
-    """This process's resident memory now (Linux /proc), in MiB; None where unknown."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return None
-
-
 def time_passes(one_pass: Callable[[], int], repeats: int, warmup: int = 1) -> dict:
     """Calls `one_pass() -> images` `warmup + repeats` times; images/s of the timed passes."""
     runs, images = [], 0

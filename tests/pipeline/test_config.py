@@ -50,3 +50,41 @@ def test_whole_params_from_json_text_or_a_clear_error():
     assert cfg.model.params == {"size": "small", "depth": 1}
     with pytest.raises(ConfigError, match="model.params must be a JSON object.*model.params.NAME"):
         override(Config(), parse_overrides(["model.params=small"]))
+
+
+def test_allowed_values_come_from_the_field_types():
+    from pipeline.config import choices, valid_keys
+
+    assert choices("train.precision") == ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+    assert choices("data.augment.flip") == ("none", "random", "alternate")
+    literal_keys = [k for k in valid_keys() if k != "model.params" and choices(k)]
+    assert len(literal_keys) == 10
+    for key in literal_keys:  # every default is allowed, every allowed value is accepted
+        default = Config()
+        for part in key.split("."):
+            default = getattr(default, part)
+        assert default in choices(key), key
+        for value in choices(key):
+            assert override(Config(), {key: value}) is not None
+    with pytest.raises(ConfigError, match="train.tta must be one of none, flip, flip_translate"):
+        override(Config(), parse_overrides(["train.tta=mirror"]))
+
+
+def test_optional_and_boolean_fields_parse_from_text():
+    texts = ["data.data_dir=none", "train.jit_compile=true", "train.out_dir=x"]
+    cfg = override(Config(), parse_overrides(texts))
+    assert cfg.data.data_dir is None and cfg.train.jit_compile is True
+    assert cfg.train.out_dir == "x"
+    with pytest.raises(ConfigError, match="train.jit_compile expects bool"):
+        override(Config(), {"train.jit_compile": 1})
+
+
+def test_cli_choices_are_the_config_types():
+    from pipeline.config import choices
+    from scripts import bench, train
+
+    with pytest.raises(SystemExit):
+        train.parse(["--precision", "fp8"])
+    assert train.parse(["--precision", "mixed_float16"]).precision == "mixed_float16"
+    args = bench.parse(["train", "--precision", choices("train.precision")[-1]])
+    assert args.precision == "mixed_float16"

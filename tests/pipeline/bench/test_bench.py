@@ -54,7 +54,7 @@ def test_bench_flags_are_checked(capsys):
 
 
 def test_profile_sums_the_step_by_op_type():
-    from pipeline.bench import profile
+    from pipeline.bench import op_profile as profile
 
     args = bench.parse(["train", "--synthetic", "--preset", "quick"])
     cfg = bench.train_config(args)

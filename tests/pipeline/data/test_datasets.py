@@ -111,3 +111,19 @@ def test_notebook_iterator_and_per_element_pipeline(synthetic_splits):
     per_element = baselines.per_element_dataset(train, synthetic_splits, 64, seed=0)
     x, y = next(iter(per_element))
     assert x.shape == (64, 32, 32, 3) and x.dtype == tf.float32
+
+
+def test_a_cut_epoch_is_the_first_batches_of_its_full_epoch(synthetic_splits):
+    # Run length is decided once: the dataset emits exactly the steps the loop trains, so
+    # epoch 2 of a cut run starts at epoch 2's order, as a resumed run's does.
+    inputs = _inputs(synthetic_splits, batch_size=64)
+    full = list(inputs.train_dataset_fn(inputs.run_length(3))())
+    cut = list(inputs.train_dataset_fn(inputs.run_length(3, cut=3))())
+    resumed = list(inputs.train_dataset_fn(inputs.run_length(3, cut=3), 2)())
+    assert len(full) == 3 * 8 and len(cut) == 3 * 3 and len(resumed) == 3
+    for epoch in range(3):
+        for k in range(3):
+            np.testing.assert_array_equal(cut[3 * epoch + k][1], full[8 * epoch + k][1])
+    for (x1, y1), (x2, y2) in zip(cut[6:], resumed, strict=True):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)

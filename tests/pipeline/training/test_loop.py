@@ -193,10 +193,12 @@ class _StopAfterEpoch(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
-def test_resume_on_the_real_recipe_restores_every_variable(tmp_path):
+@pytest.mark.parametrize("cut", [0, 5], ids=["full_epochs", "epochs_cut_to_5_of_8_steps"])
+def test_resume_on_the_real_recipe_restores_every_variable(tmp_path, cut):
     full_out, out = tmp_path / "uninterrupted", tmp_path / "resumed"
-    full = run.train(tiny_config(**RECIPE, **{"train.out_dir": str(full_out)}), log=lambda s: None)
-    cfg = tiny_config(**RECIPE, **{"train.out_dir": str(out)})
+    recipe = {**RECIPE, "train.steps_per_epoch": cut}
+    full = run.train(tiny_config(**recipe, **{"train.out_dir": str(full_out)}), log=lambda s: None)
+    cfg = tiny_config(**recipe, **{"train.out_dir": str(out)})
     with pytest.raises(KeyboardInterrupt):
         run.train(cfg, log=lambda s: None, callbacks=[_StopAfterEpoch(1)])
     logs = []
@@ -342,6 +344,12 @@ def test_cli_exit_codes(tmp_path):
     assert bad.returncode == 2 and "optim.lr" in bad.stderr
     nan = subprocess.run(_cli(*TINY, "--lr", "1e12"), cwd=REPO, capture_output=True, text=True)
     assert nan.returncode == 3 and "training loss became" in nan.stderr
+    strategy = subprocess.run(
+        _cli(*TINY, "--cpu-replicas", "2"), cwd=REPO, capture_output=True, text=True
+    )
+    assert strategy.returncode == 2, strategy.stderr
+    assert "--cpu-replicas needs --strategy mirrored" in strategy.stderr
+    assert "Traceback" not in strategy.stderr
 
 
 @pytest.mark.slow
