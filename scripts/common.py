@@ -87,8 +87,8 @@ def run_cli(main: Callable[[], int | None]) -> Callable[[], int]:
         # Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         # TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX-512 VNNI,
-        # BF16 or AMX; elsewhere they make the step faster too (README, "The loop against
-        # PyTorch"). Read at TensorFlow's import.
+        # BF16 or AMX; elsewhere they make the step faster too (docs/experiments.md,
+        # "Speed"). Read at TensorFlow's import.
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
         try:
             return main() or 0

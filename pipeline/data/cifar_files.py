@@ -152,16 +152,3 @@ def binary_release(src: str | os.PathLike) -> Iterator[tuple[Path, bool]]:
                 f"{src} holds neither {BIN_FOLDER}/ nor {PY_FOLDER}/: pass the folder "
                 "that contains one of them, or the official .tar.gz."
             )
-
-
-def read_bin_folder(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{"train": (images, labels), "test": ...} straight from the .bin files (NHWC uint8)."""
-
-    def read(names):
-        raw = np.concatenate(
-            [np.fromfile(folder / n, np.uint8).reshape(-1, RECORD_BYTES) for n in names]
-        )
-        images = raw[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-        return np.ascontiguousarray(images), raw[:, 0].astype(np.int32)
-
-    return {"train": read(TRAIN_FILES), "test": read([TEST_FILE])}

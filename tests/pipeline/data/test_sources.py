@@ -10,6 +10,20 @@ from pipeline.data import sources as data
 from pipeline.data.cifar_files import DataError
 
 
+def read_bin_folder(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{"train": (images, labels), "test": ...} straight from the .bin files (NHWC uint8):
+    the reference the imported dataset is checked against."""
+
+    def read(names):
+        raw = np.concatenate(
+            [np.fromfile(folder / n, np.uint8).reshape(-1, cifar_files.RECORD_BYTES) for n in names]
+        )
+        images = raw[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+        return np.ascontiguousarray(images), raw[:, 0].astype(np.int32)
+
+    return {"train": read(cifar_files.TRAIN_FILES), "test": read([cifar_files.TEST_FILE])}
+
+
 def _fake_bin_folder(tmp_path: Path, local_cifar: Path, bad_file=None, content=None) -> Path:
     """A copy of the binary release (symlinks) with one file replaced by `content`."""
     root = tmp_path / "copy"
@@ -106,7 +120,7 @@ def test_python_release_is_laid_out_as_the_binary_one(tmp_path, local_cifar):
 
     py = tmp_path / cifar_files.PY_FOLDER
     py.mkdir()
-    raw = cifar_files.read_bin_folder(local_cifar / cifar_files.BIN_FOLDER)
+    raw = read_bin_folder(local_cifar / cifar_files.BIN_FOLDER)
     images = {"train": raw["train"][0], "test": raw["test"][0]}
     for i, name in enumerate([*cifar_files.TRAIN_FILES, cifar_files.TEST_FILE]):
         split, k = ("test", 0) if name == cifar_files.TEST_FILE else ("train", i)
@@ -130,7 +144,7 @@ def test_imported_dataset_is_the_official_one(cifar_data_dir, local_cifar):
     assert b.info.splits["test"].num_examples == 10_000
     assert b.info.features["label"].names[:2] == ["airplane", "automobile"]
     # Byte-exact against the .bin files, matched through tfds's "id" (= original position).
-    raw = cifar_files.read_bin_folder(local_cifar / cifar_files.BIN_FOLDER)
+    raw = read_bin_folder(local_cifar / cifar_files.BIN_FOLDER)
     test = tfds.as_numpy(
         tfds.load("cifar10", split="test", data_dir=cifar_data_dir, batch_size=-1, download=False)
     )
