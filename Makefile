@@ -14,12 +14,17 @@ $(BIN)/cifar-train: pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-.PHONY: setup train test lint
+.PHONY: setup train test lint notebook
 setup: $(BIN)/cifar-train
 
 train: setup
 	$(BIN)/cifar-train --experiment challenge --data-dir $(DATA_DIR) \
 	  $(if $(CIFAR10_LOCAL),--local-copy $(CIFAR10_LOCAL)) --out runs/challenge $(TRAIN_ARGS)
+
+# The completed course notebook, executed in place with its outputs (about 10 minutes).
+notebook: setup
+	$(BIN)/cifar-notebook --ipynb notebooks/cifar10_notebook.ipynb --data-dir $(DATA_DIR) \
+	  $(if $(CIFAR10_LOCAL),--local-copy $(CIFAR10_LOCAL))
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -9,8 +9,8 @@ from models.notebook import CONVNET_LAYERS, FC_HIDDEN
 from models.registry import register
 
 
-def _functional(stack: list, name: str) -> keras.Model:
-    inputs = keras.Input((32, 32, 3))
+def functional(stack: list, name: str, input_shape=(32, 32, 3)) -> keras.Model:
+    inputs = keras.Input(input_shape)
     x = inputs
     for layer in stack:
         x = layer(x)
@@ -19,7 +19,7 @@ def _functional(stack: list, name: str) -> keras.Model:
 
 @register("functional_two_layer_fc", "functional API two-layer FC")
 def functional_two_layer_fc(num_classes: int = 10, hidden: int = FC_HIDDEN):
-    return _functional(fc_layers(hidden, num_classes), "functional_two_layer_fc")
+    return functional(fc_layers(hidden, num_classes), "functional_two_layer_fc")
 
 
 @register(
@@ -27,4 +27,4 @@ def functional_two_layer_fc(num_classes: int = 10, hidden: int = FC_HIDDEN):
     "functional API: conv 16 5x5, conv 32 3x3, dense 10",
 )
 def functional_three_layer_convnet(num_classes: int = 10, layers=CONVNET_LAYERS["functional"]):
-    return _functional(convnet_layers(layers, num_classes), "functional_three_layer_convnet")
+    return functional(convnet_layers(layers, num_classes), "functional_three_layer_convnet")

@@ -23,6 +23,13 @@ class ModelError(ValueError):
     """An unknown model name or params its builder does not take; the message says the fix."""
 
 
+def check_positive_ints(**named) -> None:
+    """Raises ModelError naming the first argument that is not a positive int."""
+    for name, value in named.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ModelError(f"{name} must be a positive int, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Entry:
     builder: Callable

@@ -9,13 +9,13 @@ from models.notebook import CONVNET_LAYERS, FC_HIDDEN
 from models.registry import register
 
 
-def _sequential(stack: list, name: str) -> keras.Sequential:
-    return keras.Sequential([keras.Input((32, 32, 3)), *stack], name=name)
+def sequential(stack: list, name: str, input_shape=(32, 32, 3)) -> keras.Sequential:
+    return keras.Sequential([keras.Input(input_shape), *stack], name=name)
 
 
 @register("sequential_two_layer_fc", "keras.Sequential two-layer FC")
 def sequential_two_layer_fc(num_classes: int = 10, hidden: int = FC_HIDDEN):
-    return _sequential(fc_layers(hidden, num_classes), "sequential_two_layer_fc")
+    return sequential(fc_layers(hidden, num_classes), "sequential_two_layer_fc")
 
 
 @register(
@@ -23,4 +23,4 @@ def sequential_two_layer_fc(num_classes: int = 10, hidden: int = FC_HIDDEN):
     "keras.Sequential: conv 16 5x5, conv 32 3x3, dense 10",
 )
 def sequential_three_layer_convnet(num_classes: int = 10, layers=CONVNET_LAYERS["sequential"]):
-    return _sequential(convnet_layers(layers, num_classes), "sequential_three_layer_convnet")
+    return sequential(convnet_layers(layers, num_classes), "sequential_three_layer_convnet")

@@ -106,7 +106,7 @@ def bench_pipeline(args) -> dict:
     inputs = datasets.make_inputs(splits, cfg.data, seed=0)
     x = sources.normalised(train.images, splits.mean, splits.std)
     # Each contender is built once and read one epoch per pass, as training reads it.
-    notebook = baselines.NotebookIterator(x, train.labels, args.batch_size, shuffle=True)
+    notebook = baselines.NotebookIterator(x, train.labels, args.batch_size, shuffle=True, seed=0)
     per_element = baselines.per_element_dataset(train, splits, args.batch_size, 0)
     length = inputs.run_length(args.repeats + 1)
     epochs = iter(datasets.train_dataset(inputs, length))

@@ -1,16 +1,22 @@
 """cifar-notebook: reproduce the notebook: every variant, one epoch, its own settings.
 
   cifar-notebook --data-dir DIR --out runs/notebook
+  cifar-notebook --ipynb notebooks/cifar10_notebook.ipynb --data-dir DIR   # run the notebook
 
 Trains each notebook model for one epoch on the 49,000 / 1,000 split through the
 project's loop (and the Sequential FC also through `model.fit`, as the notebook does),
 then writes `results.md` (variant, bar, measured val accuracy, seconds) and
 `results.json` in --out.
+
+With --ipynb PATH it instead executes the completed course notebook top to bottom in a
+fresh Jupyter kernel and writes it back with its outputs (--train-examples etc. shrink the
+data through the notebook's NOTEBOOK_* environment variables).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -27,7 +33,47 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/notebook")
     p.add_argument("--models", nargs="*", help="a subset of the variants")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--ipynb", metavar="PATH", help="execute this notebook in place instead")
+    p.add_argument("--timeout", type=int, default=3600, help="--ipynb: seconds per cell")
     return p.parse_args(argv)
+
+
+NOTEBOOK_ENV = {  # flag -> the environment variable the notebook's cells read
+    "data_dir": "CIFAR_DATA_DIR",
+    "local_copy": "CIFAR10_LOCAL",
+    "train_examples": "NOTEBOOK_TRAIN_EXAMPLES",
+    "val_examples": "NOTEBOOK_VAL_EXAMPLES",
+    "test_examples": "NOTEBOOK_TEST_EXAMPLES",
+}
+
+
+def execute_ipynb(path: Path, out: Path, env: dict[str, str], timeout: int = 3600) -> None:
+    """Runs the notebook at `path` top to bottom in a fresh kernel (working directory: the
+    notebook's folder) with `env` added to its environment; writes it with outputs to
+    `out` (written beside and renamed, so a failed run leaves `out` as it was).
+
+    Raises:
+        UserError: when `path` is not a notebook file.
+        nbclient.exceptions.CellExecutionError: when a cell fails (the cell is named).
+    """
+    import nbclient  # noqa: PLC0415 - the dev extra; only this command needs it
+    import nbformat  # noqa: PLC0415
+
+    from pipeline.errors import UserError  # noqa: PLC0415
+
+    if not path.is_file() or path.suffix != ".ipynb":
+        raise UserError(f"{path} is not a notebook file (.ipynb): give the path of one")
+    notebook = nbformat.read(path, as_version=4)
+    os.environ.update(env)  # the kernel inherits this process's environment
+    nbclient.NotebookClient(
+        notebook,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    ).execute()
+    tmp = out.with_name(out.name + ".tmp")
+    nbformat.write(notebook, tmp)
+    tmp.replace(out)
 
 
 def runs(models: list[str]) -> list[tuple[str, str]]:
@@ -54,6 +100,15 @@ def table(rows: list[dict]) -> str:
 @run_cli
 def main() -> None:
     args = parse()
+    if args.ipynb:
+        env = {
+            var: str(getattr(args, flag))
+            for flag, var in NOTEBOOK_ENV.items()
+            if getattr(args, flag, None) is not None
+        }
+        execute_ipynb(Path(args.ipynb), Path(args.ipynb), env, args.timeout)
+        print(f"executed {args.ipynb}")
+        return
     from pipeline import experiments  # noqa: PLC0415
     from pipeline.config import override  # noqa: PLC0415
     from pipeline.training import run  # noqa: PLC0415

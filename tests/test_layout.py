@@ -27,6 +27,13 @@ ALLOWED = {
         "pipeline.run_length",
         "pipeline.data",
     ),
+    "pipeline.notebook_api": (
+        "models",
+        "pipeline.config",
+        "pipeline.data",
+        "pipeline.experiments",
+        "pipeline.errors",
+    ),
     "pipeline.bench": ("models", "pipeline"),
     "tuning": ("pipeline", "models"),
     "scripts": ("pipeline", "models", "tuning"),

@@ -3,10 +3,12 @@ per-element tf.data pipeline. Training never uses them."""
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
 from pipeline.data.sources import Split, Splits
+from pipeline.notebook_api import Dataset as NotebookIterator
+
+__all__ = ["NotebookIterator", "per_element_dataset"]
 
 AUTOTUNE = tf.data.AUTOTUNE
 
@@ -34,31 +36,3 @@ def per_element_dataset(
         .batch(batch_size, drop_remainder=True)
         .prefetch(AUTOTUNE)
     )
-
-
-class NotebookIterator:
-    """The notebook's numpy `Dataset`: shuffle indices, slice batches in Python.
-
-    The naive baseline of the benchmarks; it does no augmentation and no prefetching.
-    """
-
-    def __init__(
-        self,
-        images: np.ndarray,
-        labels: np.ndarray,
-        batch_size: int,
-        shuffle: bool = False,
-        seed: int = 0,
-    ):
-        self.images, self.labels = images, labels
-        self.batch_size, self.shuffle = batch_size, shuffle
-        self.rng = np.random.default_rng(seed)
-
-    def __iter__(self):
-        n, b = len(self.labels), self.batch_size
-        idxs = np.arange(n)
-        if self.shuffle:
-            self.rng.shuffle(idxs)
-        return iter(
-            (self.images[idxs[i : i + b]], self.labels[idxs[i : i + b]]) for i in range(0, n, b)
-        )
