@@ -42,6 +42,8 @@ def gelu(x):
     return _gelu_forward(x), lambda upstream: _gelu_backward(x, upstream)
 
 
+# Registered so a saved `.keras` file of a model using them loads (with this package).
+@keras.saving.register_keras_serializable(package="cifar_pipeline")
 class GELU(keras.layers.Layer):
     """`keras.layers.Activation("gelu")` with the fused kernels of `gelu`."""
 
@@ -49,6 +51,7 @@ class GELU(keras.layers.Layer):
         return gelu(x)
 
 
+@keras.saving.register_keras_serializable(package="cifar_pipeline")
 class BatchNorm(keras.layers.Layer):
     """Batch normalization over the last axis through `FusedBatchNormV3`.
 

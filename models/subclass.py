@@ -9,12 +9,22 @@ from models.notebook import CONVNET_LAYERS, FC_HIDDEN
 from models.registry import register
 
 
+@keras.saving.register_keras_serializable(package="cifar_pipeline")
 class Stack(keras.Model):
     """A subclassed model calling its layers in order, as the notebook's TwoLayerFC does."""
 
-    def __init__(self, stack: list, name: str):
-        super().__init__(name=name)
+    def __init__(self, stack: list, name: str, **kwargs):
+        super().__init__(name=name, **kwargs)
         self.stack = stack
+
+    def get_config(self):
+        layers = [keras.saving.serialize_keras_object(layer) for layer in self.stack]
+        return {"stack": layers, "name": self.name}
+
+    @classmethod
+    def from_config(cls, config):
+        layers = [keras.saving.deserialize_keras_object(c) for c in config["stack"]]
+        return cls(layers, config["name"])
 
     def call(self, x, training=False):
         for layer in self.stack:

@@ -78,6 +78,7 @@ class TrainConfig:
     out_dir: str | None = None  # outputs; None = nothing written
     checkpoint_every: int = 1  # epochs between checkpoints; at most this many are redone
     keep_checkpoints: int = 2
+    export: bool = True  # write out_dir/export (a SavedModel serving uint8 images) at the end
     tta: Literal["none", "flip", "flip_translate"] = "none"  # test-time augmentation
     bn_recalibration_batches: int = 0  # eval batches of training images that refresh BN
     # statistics before each evaluation; 0 = use the running averages as trained

@@ -9,8 +9,9 @@
 the notebook's models; `challenge` for custom_convnet); --experiment NAME (alias --preset)
 picks any named experiment. Flags and `--set key=value` override it; `--list` shows
 models, experiments and config keys.
---out DIR gets config.json, metrics.json, history.json, checkpoints/, tensorboard/ and
-curves.png; rerunning the same command resumes from the last checkpoint.
+--out DIR gets config.json, metrics.json, history.json, checkpoints/, tensorboard/,
+curves.png and at the end export/ (a SavedModel for cifar-predict; --no-export skips it);
+rerunning the same command resumes from the last checkpoint.
 Exit codes: 0 done, 2 bad input (message says the fix), 3 training diverged (NaN/inf).
 """
 
@@ -69,6 +70,9 @@ def parse(argv=None) -> argparse.Namespace:
     add_override_arg(p)
     p.add_argument("--list", action="store_true", help="list models, experiments and config keys")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-export", action="store_true", help="no SavedModel in --out/export at the end"
+    )
     return p.parse_args(argv)
 
 
@@ -80,6 +84,8 @@ def build_config(args: argparse.Namespace) -> Config:
     updates.update(data_overrides(args))
     if args.quiet:
         updates["train.progress"] = "none"
+    if args.no_export:
+        updates["train.export"] = False
     cfg = override(cfg, updates)
     cfg = override(cfg, parse_overrides(args.set))
     if cfg.train.epochs < 1:

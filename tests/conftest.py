@@ -101,5 +101,6 @@ def tiny_config(**updates):
         "model.params": {"hidden": 64},
         "optim.lr": 0.01,
         "train.progress": "none",
+        "train.export": False,  # tests of the export turn it on
     }
     return override(Config(), {**base, **updates})

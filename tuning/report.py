@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 
 from tuning.hypermodel import MEMORY_LOG
-from tuning.search import PROJECT, leaderboard
+from tuning.search import PROJECT, SearchError, fmt, leaderboard
 
 
 def load_trials(out: Path) -> list[dict]:
-    """Finished trials from keras-tuner's trial.json files, with our per-epoch histories."""
+    """Finished trials from keras-tuner's trial.json files, with our per-epoch histories and
+    the search space each was drawn from."""
     trials = []
     for path in sorted((out / PROJECT).glob("trial_*/trial.json")):
         t = json.loads(path.read_text())
@@ -25,33 +26,69 @@ def load_trials(out: Path) -> list[dict]:
         history_path = out / "histories" / f"{t['trial_id']}.json"
         history = json.loads(history_path.read_text()) if history_path.is_file() else []
         trials.append(
-            {"trial_id": t["trial_id"], "score": t["score"], "values": values, "history": history}
+            {
+                "trial_id": t["trial_id"],
+                "score": t["score"],
+                "values": values,
+                "history": history,
+                "space": t["hyperparameters"].get("space", []),
+            }
         )
     return sorted(trials, key=lambda t: t["score"], reverse=True)
 
 
-def hyperparameter_effects(trials: list[dict]) -> dict[str, dict]:
-    """Per hyperparameter: mean/best score per value (categorical) or the rank correlation
-    of value and score (numeric), and a spread used to rank importance."""
-    effects = {}
-    names = sorted({k for t in trials for k in t["values"]})
-    for name in names:
-        pairs = [(t["values"][name], t["score"]) for t in trials if name in t["values"]]
-        values = [v for v, _ in pairs]
+CATEGORICAL_INT_VALUES = 5  # an Int range with at most this many values reads as categories
+
+
+def scales(trials: list[dict]) -> dict[str, str]:
+    """Per hyperparameter: "log" or "linear" (a continuous range, as the search sampled it)
+    or "categorical" (Choice, Boolean, a short Int range). Without the search space (old
+    searches), numbers with more than 3 distinct values count as linear."""
+    out = {}
+    for t in trials:
+        for hp in t.get("space", []):
+            cfg, kind = hp["config"], hp["class_name"]
+            short_int = kind == "Int" and (
+                (cfg["max_value"] - cfg["min_value"]) / (cfg.get("step") or 1) + 1
+                <= CATEGORICAL_INT_VALUES
+            )
+            if kind in ("Float", "Int") and not short_int:
+                out[cfg["name"]] = "log" if cfg.get("sampling") == "log" else "linear"
+            else:
+                out[cfg["name"]] = "categorical"
+    for name in {k for t in trials for k in t["values"]} - set(out):
+        values = {t["values"][name] for t in trials if name in t["values"]}
         numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
-        if numeric and len(set(values)) > 3:
-            ranks_v = np.argsort(np.argsort(values))
+        out[name] = "linear" if numeric and len(values) > 3 else "categorical"
+    return out
+
+
+def hyperparameter_effects(trials: list[dict]) -> dict[str, dict]:
+    """Per hyperparameter: the rank correlation of value and score (continuous ones) or the
+    mean and best score per value (categorical ones), and a spread used to rank importance."""
+    effects = {}
+    kinds = scales(trials)
+    for name in sorted(kinds):
+        pairs = [(t["values"][name], t["score"]) for t in trials if name in t["values"]]
+        if not pairs:  # a conditional hyperparameter no trial used
+            continue
+        if kinds[name] != "categorical":
+            ranks_v = np.argsort(np.argsort([v for v, _ in pairs]))
             ranks_s = np.argsort(np.argsort([s for _, s in pairs]))
             corr = float(np.corrcoef(ranks_v, ranks_s)[0, 1]) if len(pairs) > 2 else 0.0
+            corr = corr if np.isfinite(corr) else 0.0
             effects[name] = {
-                "kind": "numeric",
+                "kind": "continuous",
+                "scale": kinds[name],
                 "spearman": corr,
-                "importance": abs(corr) if np.isfinite(corr) else 0.0,
+                "range": (min(v for v, _ in pairs), max(v for v, _ in pairs)),
+                "trials": len(pairs),
+                "importance": abs(corr),
             }
         else:
             groups = defaultdict(list)
             for v, s in pairs:
-                groups[str(v)].append(s)
+                groups[fmt(v)].append(s)
             table = {
                 v: {"trials": len(s), "mean": float(np.mean(s)), "best": float(max(s))}
                 for v, s in groups.items()
@@ -70,6 +107,7 @@ def _plot(trials, effects, out: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
+    from matplotlib import ticker  # noqa: PLC0415
 
     files = []
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -89,26 +127,63 @@ def _plot(trials, effects, out: Path) -> list[str]:
     plt.close(fig)
     files.append("curves_best_trials.png")
 
-    top = sorted(effects, key=lambda k: effects[k]["importance"], reverse=True)[:2]
-    fig, axes = plt.subplots(1, len(top), figsize=(5 * len(top), 4), squeeze=False)
+    top = sorted(effects, key=lambda k: effects[k]["importance"], reverse=True)[:4]
+    fig, axes = plt.subplots(1, len(top), figsize=(4.2 * len(top), 4), squeeze=False)
     for ax, name in zip(axes[0], top, strict=True):
         xs = [t["values"][name] for t in trials if name in t["values"]]
         ys = [t["score"] for t in trials if name in t["values"]]
-        if effects[name]["kind"] == "numeric":
+        e = effects[name]
+        if e["kind"] == "continuous":
             ax.scatter(xs, ys)
-            if min(xs) > 0 and max(xs) / min(xs) > 20:
+            if e["scale"] == "log":
                 ax.set_xscale("log")
+                # Labels at 1, 2 and 5 per decade in plain numbers; no crowded minor labels.
+                ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+                ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:.3g}"))
+                ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+                ax.tick_params(axis="x", labelrotation=30)
+            ax.set_title(f"{name}: rank correlation {e['spearman']:+.2f}", fontsize=9)
         else:
-            labels = sorted({str(x) for x in xs})
-            ax.scatter([labels.index(str(x)) for x in xs], ys)
-            ax.set_xticks(range(len(labels)), labels)
-        ax.set(xlabel=name, ylabel="val accuracy", title=f"accuracy vs {name}")
+            labels = list(e["by_value"])
+            ax.scatter([labels.index(fmt(x)) for x in xs], ys, alpha=0.6)
+            ax.plot(range(len(labels)), [e["by_value"][v]["mean"] for v in labels], "r_", ms=20)
+            ax.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 3 else 0)
+            ax.set_xlim(-0.5, len(labels) - 0.5)
+            ax.set_title(f"{name}: mean per value (red)", fontsize=9)
+        ax.set(xlabel=name, ylabel="val accuracy")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_hyperparameters.png", dpi=90)
     plt.close(fig)
     files.append("accuracy_vs_hyperparameters.png")
     return files
+
+
+def _trials(n: int) -> str:
+    return f"{n} trial" + ("" if n == 1 else "s")
+
+
+def _finding(name: str, e: dict) -> list[str]:
+    """The report's line on one hyperparameter; none for one that never varied."""
+    if e["kind"] == "continuous":
+        low, high = (fmt(v) for v in e["range"])
+        if low == high:
+            return []
+        if e["trials"] < 3:
+            return [f"- **{name}** ({e['scale']} range): {_trials(e['trials'])}, too few to tell."]
+        direction = "higher" if e["spearman"] > 0 else "lower"
+        return [
+            f"- **{name}** ({e['scale']} range, tried {low} to {high}): rank correlation "
+            f"with accuracy {e['spearman']:+.2f} ({direction} tended to do better)."
+        ]
+    if len(e["by_value"]) < 2:
+        return []
+    parts = sorted(e["by_value"].items(), key=lambda kv: -kv[1]["mean"])
+    desc = "; ".join(
+        f"{v}: mean {g['mean']:.3f}, best {g['best']:.3f} ({_trials(g['trials'])})"
+        for v, g in parts
+    )
+    return [f"- **{name}**: {desc}."]
 
 
 def memory_lines(out: Path) -> list[str]:
@@ -136,13 +211,13 @@ def write_report(out: str) -> Path:
     out = Path(out)
     trials = load_trials(out)
     if not trials:
-        raise ValueError(f"no finished trial in {out / PROJECT}: run `cifar-tune --out {out}`")
+        raise SearchError(f"no finished trial in {out / PROJECT}: run `cifar-tune --out {out}`")
     effects = hyperparameter_effects(trials)
     files = _plot(trials, effects, out)
     lines = [
         f"# Architecture search: {len(trials)} finished trials",
         "",
-        f"Best: trial {trials[0]['trial_id']}, val accuracy {trials[0]['score']:.4f}.",
+        f"Best: trial {trials[0]['trial_id']}, val accuracy {trials[0]['score']:.3f}.",
         "",
         "## Leaderboard",
         "",
@@ -154,25 +229,12 @@ def write_report(out: str) -> Path:
         "",
         "## What the search found, per hyperparameter",
         "",
-        "Ordered by importance (spread of mean accuracy across values, or |rank "
-        "correlation| for numbers). Few trials make these hints, not proofs.",
+        "Ordered by importance (spread of mean accuracy across values for categories, "
+        "|rank correlation| for continuous ranges). Few trials make these hints, not proofs.",
         "",
     ]
     for name in sorted(effects, key=lambda k: effects[k]["importance"], reverse=True):
-        e = effects[name]
-        if e["kind"] == "numeric":
-            direction = "higher" if e["spearman"] > 0 else "lower"
-            lines.append(
-                f"- **{name}**: rank correlation with accuracy {e['spearman']:+.2f} "
-                f"({direction} tended to do better)."
-            )
-        else:
-            parts = sorted(e["by_value"].items(), key=lambda kv: -kv[1]["mean"])
-            desc = "; ".join(
-                f"{v}: mean {g['mean']:.3f}, best {g['best']:.3f} ({g['trials']} trials)"
-                for v, g in parts
-            )
-            lines.append(f"- **{name}**: {desc}.")
+        lines += _finding(name, effects[name])
     lines += [""] + memory_lines(out) + ["## Plots", ""] + [f"![{f}]({f})" for f in files] + [""]
     path = out / "report.md"
     path.write_text("\n".join(lines))

@@ -99,13 +99,34 @@ def write_results(tuner, base: Config, out: Path) -> dict:
     return result
 
 
+def fmt(value) -> str:
+    """A hyperparameter value as a person writes it: floats to 3 significant digits."""
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def leaderboard(ranked: Iterable[tuple[str, float, dict]]) -> list[str]:
-    """Markdown table rows of (trial id, val accuracy, hyperparameter values), best first;
-    keras-tuner's own bookkeeping values (tuner/...) are left out."""
-    rows = ["| rank | trial | val accuracy | hyperparameters |", "|---:|---|---:|---|"]
+    """Markdown lines for (trial id, val accuracy, hyperparameter values), best first: one
+    column per hyperparameter that varied among them, the ones that did not in a line
+    above; keras-tuner's own bookkeeping values (tuner/...) are left out."""
+    ranked = [
+        (trial_id, score, {k: v for k, v in values.items() if not k.startswith("tuner/")})
+        for trial_id, score, values in ranked
+    ]
+    names = list(dict.fromkeys(k for _, _, values in ranked for k in values))
+    seen = {n: {fmt(values.get(n, "-")) for _, _, values in ranked} for n in names}
+    varied = [n for n in names if len(seen[n]) > 1]
+    fixed = [n for n in names if len(seen[n]) == 1]
+    rows = []
+    if fixed:
+        same = ", ".join(f"{n}={next(iter(seen[n]))}" for n in fixed)
+        rows += [f"Same in every trial listed: {same}.", ""]
+    rows += [
+        "| rank | trial | val accuracy | " + " | ".join(varied) + " |",
+        "|---:|---|---:|" + "---|" * len(varied),
+    ]
     for i, (trial_id, score, values) in enumerate(ranked, 1):
-        hps = ", ".join(f"{k}={v}" for k, v in values.items() if not k.startswith("tuner/"))
-        rows.append(f"| {i} | {trial_id} | {score:.4f} | {hps} |")
+        cells = " | ".join(fmt(values[n]) if n in values else "-" for n in varied)
+        rows.append(f"| {i} | {trial_id} | {score:.3f} | {cells} |")
     return rows
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.config import Config
+from pipeline.errors import UserError
 from pipeline.run_length import RunLength
 
 # custom_convnet params the twin reproduces; any other value is refused, not approximated.
 _TWIN_PARAMS = {"stem": ("whiten", "conv", "none"), "pool": ("max", "avg"), "head": ("max", "avg")}
 
 
-class TwinError(ValueError):
+class TwinError(UserError):
     """The requested model or setting has no PyTorch twin."""
 
 

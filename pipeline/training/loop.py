@@ -109,11 +109,16 @@ class Trainer:
         dataset = self.inputs.eval_dataset(split)
         return steps.evaluate(self._eval_steps[tta], dataset, self.strategy)
 
-    def finish(self) -> dict:
-        """Final weights (the EMA's, when kept) and the run's summary figures."""
+    def final_weights(self) -> None:
+        """Swaps in the weights the run is judged by: the EMA's when the recipe keeps one
+        (with BN statistics refreshed for them); otherwise the last step's, unchanged."""
         if self.cfg.optim.ema_decay:
             self.optimizer.finalize_variable_values(steps.trainable(self.model))
             self._recalibrate()
+
+    def finish(self) -> dict:
+        """Final weights (see `final_weights`) and the run's summary figures."""
+        self.final_weights()
         result = {
             "train_images_per_second": (
                 self.trained_images / self.train_seconds if self.train_seconds else None

@@ -14,7 +14,7 @@ from pipeline.config import Config, ConfigError, to_dict
 from pipeline.data import sources
 from pipeline.data.datasets import Inputs, make_inputs
 from pipeline.errors import UserError
-from pipeline.training import distribute, loop, precision
+from pipeline.training import distribute, export, loop, precision
 from pipeline.training.keras_fit import fit_with_keras
 from pipeline.training.run_dir import write_json
 
@@ -110,6 +110,8 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
         result = fit_with_keras(model, inputs, cfg, strategy, log)
     else:
         result = loop.fit(model, inputs, cfg, strategy, callbacks=callbacks, log=log)
+    if out and chief and cfg.train.export:
+        _export_at_end(model, inputs, cfg, strategy, out, log)
     metrics = {
         "model": cfg.model.name,
         "loop": cfg.train.loop,
@@ -123,6 +125,33 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
     if out and chief:
         write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _export_at_end(model, inputs: Inputs, cfg: Config, strategy, out: Path, log) -> None:
+    """The final model (EMA weights when kept) as out/export, for cifar-predict or serving."""
+    if cfg.train.strategy == "multi_worker":
+        # Saving is not collective: the chief alone would trace the model outside the
+        # cluster's step. Restoring on one process is what cifar-export does.
+        log(f"no export from a multi-worker run: run `cifar-export {out} --to {out}/export`")
+        return
+    splits = inputs.splits
+    info = {
+        "model": cfg.model.name,
+        "params": cfg.model.params,
+        "precision": cfg.train.precision,
+        "epochs_trained": cfg.train.epochs,
+    }
+    path = export.export_model(
+        model,
+        splits.mean,
+        splits.std,
+        splits.class_names,
+        cfg.train.tta,
+        out / "export",
+        info,
+        overwrite=True,
+    )
+    log(f"exported the model to {path} (cifar-predict {path} IMAGE...)")
 
 
 def count_params(model) -> int:

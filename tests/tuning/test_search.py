@@ -148,6 +148,59 @@ def test_report_ranks_hyperparameters(tmp_path):
         report.write_report(str(tmp_path))
 
 
+def _float_space(name, sampling):
+    config = {"name": name, "min_value": 1e-6, "max_value": 1e-3, "sampling": sampling}
+    return {"class_name": "Float", "config": config}
+
+
+def test_continuous_hyperparameters_follow_the_search_space_not_the_trial_count():
+    # Two trials, two weight decays: still a continuous log range, not two categories.
+    space = [
+        _float_space("weight_decay", "log"),
+        {"class_name": "Int", "config": {"name": "depth", "min_value": 1, "max_value": 2}},
+        {"class_name": "Choice", "config": {"name": "pool", "values": ["max", "avg"]}},
+    ]
+    trials = [
+        {
+            "trial_id": "0",
+            "score": 0.6,
+            "values": {"weight_decay": 2.0747815131874067e-05, "depth": 1, "pool": "max"},
+            "space": space,
+        },
+        {
+            "trial_id": "1",
+            "score": 0.5,
+            "values": {"weight_decay": 0.0006014497388954821, "depth": 2, "pool": "max"},
+            "space": space,
+        },
+    ]
+    assert report.scales(trials) == {
+        "weight_decay": "log",
+        "depth": "categorical",
+        "pool": "categorical",
+    }
+    effects = report.hyperparameter_effects(trials)
+    assert effects["weight_decay"]["kind"] == "continuous"
+    assert report._finding("weight_decay", effects["weight_decay"]) == [
+        "- **weight_decay** (log range): 2 trials, too few to tell."
+    ]
+    assert report._finding("pool", effects["pool"]) == []  # never varied
+
+
+def test_leaderboard_shows_what_varied_with_three_significant_digits():
+    from tuning.search import leaderboard
+
+    rows = leaderboard(
+        [
+            ("0008", 0.524, {"sgd_lr": 1.7133260088761233, "pool": "max", "tuner/epochs": 3}),
+            ("0007", 0.51612, {"sgd_lr": 0.1886669557529626, "pool": "max"}),
+        ]
+    )
+    assert rows[0] == "Same in every trial listed: pool=max."
+    assert rows[2] == "| rank | trial | val accuracy | sgd_lr |"
+    assert rows[4:] == ["| 1 | 0008 | 0.524 | 1.71 |", "| 2 | 0007 | 0.516 | 0.189 |"]
+
+
 def test_search_reexecutes_itself_with_few_malloc_arenas(monkeypatch):
     from scripts import tune
 

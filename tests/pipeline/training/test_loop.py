@@ -294,7 +294,7 @@ def test_resume_into_a_run_of_another_model_is_refused_and_keeps_its_files(tmp_p
 
 
 def _recipe_flags(epochs: int) -> list[str]:
-    flags = ["--synthetic", "--quiet", "--epochs", str(epochs)]
+    flags = ["--synthetic", "--quiet", "--no-export", "--epochs", str(epochs)]
     for key, value in RECIPE.items():
         if key != "train.epochs":
             flags += ["--set", f"{key}={json.dumps(value) if isinstance(value, dict) else value}"]

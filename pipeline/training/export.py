@@ -1,0 +1,96 @@
+"""A trained model as a SavedModel that needs nothing of this project to serve:
+`serving_default` takes uint8 images [N, 32, 32, 3], normalises them inside and returns
+float32 class probabilities (with the run's test-time augmentation). Keras models also get
+a `.keras` file beside it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from pipeline.data import augment
+from pipeline.errors import UserError
+from pipeline.training import steps
+
+SIGNATURE = "serving_default"
+KERAS_FILE = "model.keras"
+INFO_FILE = "export.json"
+
+
+class ExportError(UserError):
+    """The export cannot be written where asked; the message says the fix."""
+
+
+class _Serving(tf.Module):
+    def __init__(self, model, mean, std, class_names, tta: str):
+        super().__init__(name="cifar_classifier")
+        self.model = model
+        self.class_names = tf.Variable(list(class_names), trainable=False)  # saved with it
+        self._mean, self._std, self._tta = np.asarray(mean), np.asarray(std), tta
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.uint8, name="images")])
+    def serve(self, images):
+        x = augment.normalise(images, self._mean, self._std)
+        logits = steps.predict_logits(self.model, x, self._tta)
+        return {"probabilities": tf.nn.softmax(logits)}
+
+
+def check_target(to: str | Path, overwrite: bool) -> None:
+    """Raises ExportError unless `to` is absent, an empty folder, or `overwrite` is set."""
+    to = Path(to)
+    if to.exists() and not to.is_dir():
+        raise ExportError(f"{to} is a file: give a folder to export into")
+    if to.is_dir() and any(to.iterdir()) and not overwrite:
+        raise ExportError(
+            f"{to} is not empty: give a new folder, or --overwrite to replace what is there"
+        )
+
+
+def export_model(
+    model, mean, std, class_names, tta: str, to: str | Path, info: dict, overwrite: bool = False
+) -> Path:
+    """Writes the SavedModel (+ `model.keras` for Keras models, + `export.json` describing
+    it) into `to`, via a temporary folder renamed at the end: a failure leaves `to` as it
+    was.
+
+    Raises:
+        ExportError: when `to` is a file, or a non-empty folder and not `overwrite`.
+    """
+    to = Path(to)
+    check_target(to, overwrite)
+    to.parent.mkdir(parents=True, exist_ok=True)
+    tmp = to.with_name(f".{to.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        serving = _Serving(model, mean, std, class_names, tta)
+        tf.saved_model.save(serving, str(tmp), signatures={SIGNATURE: serving.serve})
+        files = ["saved_model.pb", "variables/"]
+        if isinstance(model, keras.Model):
+            model.save(tmp / KERAS_FILE)
+            files.append(KERAS_FILE)
+        description = {
+            **info,
+            "classes": list(class_names),
+            "signature": SIGNATURE,
+            "input": "images: uint8 [N, 32, 32, 3], RGB, 0-255 (normalised inside)",
+            "output": "probabilities: float32 [N, classes]",
+            "test_time_augmentation": tta,
+            "files": files,
+        }
+        (tmp / INFO_FILE).write_text(json.dumps(description, indent=2) + "\n")
+        if to.exists():
+            old = to.with_name(f".{to.name}.old-{os.getpid()}")
+            os.replace(to, old)
+            os.replace(tmp, to)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, to)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return to

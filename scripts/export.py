@@ -1,0 +1,46 @@
+"""cifar-export: a training run's model as a SavedModel that serves without this project.
+
+  cifar-export runs/challenge --to exports/challenge [--overwrite]
+
+`serving_default` takes uint8 images [N, 32, 32, 3] (RGB, 0-255), normalises them inside
+and returns float32 `probabilities` [N, 10], with the run's test-time augmentation; the
+class names are the variable `class_names`. Load it with `tf.saved_model.load(DIR)` alone.
+Keras models also get DIR/model.keras; DIR/export.json describes the export. A non-empty
+--to is refused without --overwrite; the export is written beside and renamed, so a
+failure leaves --to as it was. cifar-train writes RUN_DIR/export at the end of a run.
+Exit codes: 0 done, 2 bad input (the message says the fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from scripts.common import run_cli
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="cifar-export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run_dir", help="the --out folder of a cifar-train run")
+    p.add_argument("--to", required=True, help="folder to write the SavedModel into")
+    p.add_argument("--overwrite", action="store_true", help="replace what --to holds")
+    return p.parse_args(argv)
+
+
+@run_cli
+def main() -> None:
+    args = parse()
+    from pipeline.inference import restore  # noqa: PLC0415 - imports TensorFlow
+    from pipeline.training import export  # noqa: PLC0415
+
+    export.check_target(args.to, args.overwrite)  # before the slow restore
+    restored = restore.restore_run(args.run_dir)
+    print(f"wrote {restore.export_restored(restored, args.to, args.overwrite)}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Using a trained run: cifar-eval's tables and pictures, cifar-export's SavedModel served
+without the project, cifar-predict on image files, and their refusals."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.inference import evaluate, predict, restore
+from pipeline.training import export, run
+from tests.conftest import tiny_config
+
+SMALL_NET = {"model.name": "custom_convnet", "model.params": {"size": "tiny"}}
+
+
+class _StopAfterEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise KeyboardInterrupt
+
+
+def _train(tmp_path, name="run", **updates):
+    out = tmp_path / name
+    cfg = tiny_config(**{**SMALL_NET, "train.out_dir": str(out), **updates})
+    return out, run.train(cfg, log=lambda s: None)
+
+
+def test_eval_writes_tables_and_pictures_and_matches_the_run(tmp_path):
+    # EMA and BN refresh: the weights judged are not the checkpoint's raw ones.
+    out, metrics = _train(
+        tmp_path,
+        **{
+            "train.epochs": 2,
+            "train.tta": "flip",
+            "optim.ema_decay": 0.9,
+            "train.bn_recalibration_batches": 1,
+        },
+    )
+    lines = []
+    result = evaluate.evaluate_run(restore.restore_run(out), out / "eval", log=lines.append)
+    assert result["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-9)
+    assert result["test_accuracy_no_tta"] == pytest.approx(metrics["test_accuracy_no_tta"])
+    assert result["finished"] and "epoch 2 of 2 (the end of training" in lines[0]
+    for name in ("metrics.json", "per_class.md", "per_class.json", "confusion_matrix.png"):
+        assert (out / "eval" / name).stat().st_size > 0
+    assert (out / "eval" / "mistakes.png").stat().st_size > 0
+    table = json.loads((out / "eval" / "per_class.json").read_text())
+    support = np.array([r["support"] for r in table])
+    recall = np.array([r["recall"] for r in table])
+    assert support.sum() == result["test_images"]
+    assert recall @ support / support.sum() == pytest.approx(result["test_accuracy"])
+    assert "| class_0 |" in (out / "eval" / "per_class.md").read_text()
+
+
+def test_eval_of_a_run_stopped_early_names_its_epoch(tmp_path):
+    out = tmp_path / "stopped"
+    cfg = tiny_config(**{**SMALL_NET, "train.out_dir": str(out), "train.epochs": 3})
+    with pytest.raises(KeyboardInterrupt):
+        run.train(cfg, log=lambda s: None, callbacks=[_StopAfterEpoch(1)])
+    lines = []
+    result = evaluate.evaluate_run(restore.restore_run(out), out / "eval", log=lines.append)
+    assert (result["epochs_trained"], result["finished"]) == (1, False)
+    assert "epoch 1 of 3 (a run stopped early" in lines[0]
+
+
+@pytest.mark.parametrize(
+    "updates",
+    [
+        {"model.name": "lowlevel_two_layer_fc", "model.params": {"hidden": 32}},
+        {"train.precision": "mixed_bfloat16"},
+        {"train.strategy": "mirrored", "train.cpu_replicas": 2},
+    ],
+    ids=["tf_module", "mixed_bfloat16", "two_replicas"],
+)
+def test_every_kind_of_run_restores_to_its_own_test_accuracy(tmp_path, updates):
+    out, metrics = _train(tmp_path, **updates)
+    restored = restore.restore_run(out)
+    probs = evaluate.test_probabilities(restored, restored.cfg.train.tta)
+    labels = restored.inputs.splits.test.labels
+    assert np.mean(probs.argmax(1) == labels) == pytest.approx(metrics["test_accuracy"], abs=1e-9)
+
+
+def test_eval_refuses_a_folder_without_a_run_and_names_what_is_there(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(restore.RunDirError, match="holds no trained run.*it holds notes.txt"):
+        restore.restore_run(tmp_path)
+    with pytest.raises(restore.RunDirError, match="is not a folder"):
+        restore.restore_run(tmp_path / "nowhere")
+
+
+def test_eval_refuses_a_checkpoint_of_another_model(tmp_path):
+    out, _ = _train(tmp_path, **{"model.name": "functional_two_layer_fc", "model.params": {}})
+    config = json.loads((out / "config.json").read_text())
+    config["model"]["params"] = {"hidden": 16}
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(restore.RunDirError, match="does not hold the functional_two_layer_fc"):
+        restore.restore_run(out)
+
+
+def test_cli_exit_codes_for_eval_export_and_predict(tmp_path, monkeypatch, capsys):
+    from scripts import evaluate as eval_cli
+    from scripts import export as export_cli
+    from scripts import predict as predict_cli
+
+    for cli, argv in (
+        (eval_cli, ["cifar-eval", str(tmp_path)]),
+        (export_cli, ["cifar-export", str(tmp_path), "--to", str(tmp_path / "x")]),
+        (predict_cli, ["cifar-predict", str(tmp_path), "a.png"]),
+    ):
+        monkeypatch.setattr(sys, "argv", argv)
+        assert cli.main() == 2
+        assert capsys.readouterr().err.startswith("error: ")
+
+
+SERVE_ALONE = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    import tensorflow as tf
+    model = tf.saved_model.load(sys.argv[1])
+    images = np.load(sys.argv[2])
+    out = model.signatures["serving_default"](images=tf.constant(images))["probabilities"]
+    np.save(sys.argv[3], out.numpy())
+    names = [n.decode() for n in model.class_names.numpy()]
+    project = [m for m in sys.modules if m.split(".")[0] in ("pipeline", "models", "tuning")]
+    print(len(names), out.dtype.name, project)
+    """
+)
+
+
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
+def test_the_runs_export_serves_uint8_images_without_the_project(tmp_path, precision):
+    out, _ = _train(
+        tmp_path,
+        **{
+            "train.precision": precision,
+            "train.tta": "flip",
+            "train.export": True,
+            "data.test_examples": 256,
+            "data.synthetic_examples": 512,
+        },
+    )
+    restored = restore.restore_run(out)
+    images = restored.inputs.splits.test.images[:256]
+    expected = evaluate.test_probabilities(restored, "flip")[:256]
+    np.save(tmp_path / "images.npy", images)
+    # A fresh interpreter outside the repository: nothing of the project is imported.
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE_ALONE, str(out / "export"), "images.npy", "probs.npy"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["10", "float32", "[]"]
+    served = np.load(tmp_path / "probs.npy")
+    tolerance = 1e-5 if precision == "float32" else 2e-2
+    np.testing.assert_allclose(served, expected, atol=tolerance)
+    assert (served.argmax(1) == expected.argmax(1)).mean() > 0.97
+    info = json.loads((out / "export" / export.INFO_FILE).read_text())
+    assert info["precision"] == precision and "model.keras" in info["files"]
+    reloaded = keras.saving.load_model(out / "export" / export.KERAS_FILE)
+    x = np.zeros((2, 32, 32, 3), np.float32)
+    np.testing.assert_allclose(reloaded(x), restored.model(x), atol=1e-6)
+
+
+def test_low_level_models_export_too(tmp_path):
+    out, _ = _train(
+        tmp_path,
+        **{"model.name": "lowlevel_two_layer_fc", "model.params": {"hidden": 32}},
+    )
+    restored = restore.restore_run(out)
+    path = restore.export_restored(restored, tmp_path / "export")
+    served = tf.saved_model.load(str(path)).signatures["serving_default"](
+        images=tf.constant(restored.inputs.splits.test.images[:8])
+    )["probabilities"]
+    expected = evaluate.test_probabilities(restored, "none")[:8]
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    assert not (path / export.KERAS_FILE).exists()
+
+
+def test_export_refuses_a_non_empty_folder_and_never_leaves_half_a_one(tmp_path, monkeypatch):
+    out, _ = _train(tmp_path, **{"model.name": "lowlevel_two_layer_fc", "model.params": {}})
+    restored = restore.restore_run(out)
+    target = tmp_path / "served"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(export.ExportError, match="not empty.*--overwrite"):
+        restore.export_restored(restored, target)
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tf.saved_model, "save", fail)
+    with pytest.raises(OSError, match="disk full"):
+        restore.export_restored(restored, target, overwrite=True)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert [p.name for p in target.iterdir()] == ["keep.txt"]
+    monkeypatch.undo()
+    restore.export_restored(restored, target, overwrite=True)
+    assert (target / "saved_model.pb").is_file() and not (target / "keep.txt").exists()
+
+
+def test_predict_reads_any_image_and_names_the_files_it_cannot(tmp_path, capsys, monkeypatch):
+    out, _ = _train(tmp_path, **{"train.export": True})
+    rng = np.random.default_rng(0)
+    files = {
+        "wide.png": tf.io.encode_png(rng.integers(0, 255, (50, 90, 3), dtype=np.uint8)),
+        "photo.jpg": tf.io.encode_jpeg(rng.integers(0, 255, (120, 100, 3), dtype=np.uint8)),
+        "gray.png": tf.io.encode_png(rng.integers(0, 255, (32, 32, 1), dtype=np.uint8)),
+        "rgba.png": tf.io.encode_png(rng.integers(0, 255, (40, 40, 4), dtype=np.uint8)),
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data.numpy())
+    whole = (tmp_path / "wide.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 2])
+    (tmp_path / "notes.png").write_text("not an image")
+    paths = [str(tmp_path / n) for n in [*files, "cut.png", "notes.png", "missing.png"]]
+    results, errors = predict.predict_files(out / "export", paths)
+    assert sorted(results) == sorted(str(tmp_path / n) for n in files)
+    for top in results.values():
+        assert len(top) == 3 and top[0][1] >= top[1][1] >= top[2][1] > 0
+        assert top[0][0].startswith("class_")
+    assert set(errors) == {str(tmp_path / n) for n in ("cut.png", "notes.png", "missing.png")}
+    assert "missing.png: no such file" in errors[str(tmp_path / "missing.png")]
+    assert "cut.png: not a whole PNG" in errors[str(tmp_path / "cut.png")]
+
+    from scripts import predict as predict_cli
+
+    monkeypatch.setattr(sys, "argv", ["cifar-predict", str(out / "export"), *paths, "--json"])
+    assert predict_cli.main() == 2
+    captured = capsys.readouterr()
+    payload = json.loads(captured.out)
+    assert len(payload["predictions"]) == 4 and len(payload["errors"]) == 3
+    assert "cut.png" in captured.err and "missing.png" in captured.err
+
+
+def test_read_image_makes_32x32_rgb(tmp_path):
+    gray = tmp_path / "g.png"
+    gray.write_bytes(tf.io.encode_png(np.full((64, 64, 1), 200, np.uint8)).numpy())
+    image = predict.read_image(gray)
+    assert image.shape == (32, 32, 3) and image.dtype == np.uint8
+    assert (image == 200).all()
