@@ -146,7 +146,6 @@ def test_the_runs_export_serves_uint8_images_without_the_project(tmp_path, preci
             "train.tta": "flip",
             "train.export": True,
             "data.test_examples": 256,
-            "data.synthetic_examples": 512,
         },
     )
     restored = restore.restore_run(out)
