@@ -137,6 +137,7 @@ SERVE_ALONE = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
 def test_the_runs_export_serves_uint8_images_without_the_project(tmp_path, precision):
     out, _ = _train(
