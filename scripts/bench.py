@@ -29,6 +29,7 @@ from scripts.common import (
     add_data_args,
     add_experiment_args,
     add_override_arg,
+    command_parser,
     data_overrides,
     experiment_config,
     run_cli,
@@ -39,11 +40,7 @@ _MODEL = "functional_three_layer_convnet"  # without --model or --preset
 
 
 def parse(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="cifar-bench",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("cifar-bench", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     pipe = sub.add_parser("pipeline", help="input pipeline images/s")
     add_data_args(pipe)

@@ -15,6 +15,13 @@ EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
 
 
+def command_parser(prog: str, doc: str) -> argparse.ArgumentParser:
+    """A console command's parser; its --help shows the module docstring as written."""
+    return argparse.ArgumentParser(
+        prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data")
     g.add_argument("--data-dir", help="tensorflow-datasets data dir (default: tfds's own)")

@@ -19,13 +19,11 @@ import numpy as np
 
 from pipeline.config import DataConfig
 from pipeline.data import sources as data
-from scripts.common import run_cli
+from scripts.common import command_parser, run_cli
 
 
 def parse(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="cifar-data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = command_parser("cifar-data", __doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     imp = sub.add_parser(
         "import",

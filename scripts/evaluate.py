@@ -18,13 +18,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from scripts.common import run_cli
+from scripts.common import command_parser, run_cli
 
 
 def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="cifar-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = command_parser("cifar-eval", __doc__)
     p.add_argument("run_dir", help="the --out folder of a cifar-train run")
     p.add_argument("--out", help="where to write (default: RUN_DIR/eval)")
     return p.parse_args(argv)

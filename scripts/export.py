@@ -16,15 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from scripts.common import run_cli
+from scripts.common import command_parser, run_cli
 
 
 def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="cifar-export",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser("cifar-export", __doc__)
     p.add_argument("run_dir", help="the --out folder of a cifar-train run")
     p.add_argument("--to", required=True, help="folder to write the SavedModel into")
     p.add_argument("--overwrite", action="store_true", help="replace what --to holds")

@@ -20,15 +20,11 @@ import os
 import sys
 from pathlib import Path
 
-from scripts.common import add_data_args, data_overrides, run_cli, write_json
+from scripts.common import add_data_args, command_parser, data_overrides, run_cli, write_json
 
 
 def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="cifar-notebook",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser("cifar-notebook", __doc__)
     add_data_args(p)
     p.add_argument("--out", default="runs/notebook")
     p.add_argument("--models", nargs="*", help="a subset of the variants")

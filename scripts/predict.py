@@ -14,15 +14,11 @@ import argparse
 import json
 import sys
 
-from scripts.common import EXIT_USER_ERROR, run_cli
+from scripts.common import EXIT_USER_ERROR, command_parser, run_cli
 
 
 def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="cifar-predict",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser("cifar-predict", __doc__)
     p.add_argument("model_dir", help="an export (cifar-export --to, or RUN_DIR/export)")
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--top", type=int, default=3, help="classes shown per image")

@@ -26,6 +26,7 @@ from scripts.common import (
     add_data_args,
     add_experiment_args,
     add_override_arg,
+    command_parser,
     data_overrides,
     experiment_config,
     run_cli,
@@ -45,11 +46,7 @@ FLAGS = {  # flag -> config key
 
 
 def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="cifar-train",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser("cifar-train", __doc__)
     add_experiment_args(p)
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, help="global batch, over all replicas")

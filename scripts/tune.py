@@ -21,14 +21,12 @@ import sys
 
 from pipeline.config import Config, choices, override, parse_overrides
 from pipeline.errors import UserError
-from scripts.common import add_data_args, add_override_arg, data_overrides, run_cli
+from scripts.common import add_data_args, add_override_arg, command_parser, data_overrides, run_cli
 from tuning import TUNERS
 
 
 def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="cifar-tune", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = command_parser("cifar-tune", __doc__)
     p.add_argument("action", nargs="?", default="search", choices=["search", "report", "retrain"])
     p.add_argument("--tuner", default="hyperband", choices=TUNERS)
     p.add_argument("--max-trials", type=int, default=10, help="bayesian / random")
