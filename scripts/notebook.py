@@ -60,13 +60,12 @@ def execute_ipynb(path: Path, out: Path, env: dict[str, str], timeout: int = 360
     if not path.is_file() or path.suffix != ".ipynb":
         raise UserError(f"{path} is not a notebook file (.ipynb): give the path of one")
     notebook = nbformat.read(path, as_version=4)
-    os.environ.update(env)  # the kernel inherits this process's environment
     nbclient.NotebookClient(
         notebook,
         timeout=timeout,
         kernel_name="python3",
         resources={"metadata": {"path": str(path.parent)}},
-    ).execute()
+    ).execute(env={**os.environ, **env})  # the kernel's environment; ours is left as it was
     tmp = out.with_name(out.name + ".tmp")
     nbformat.write(notebook, tmp)
     tmp.replace(out)

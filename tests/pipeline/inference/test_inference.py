@@ -252,3 +252,19 @@ def test_read_image_makes_32x32_rgb(tmp_path):
     image = predict.read_image(gray)
     assert image.shape == (32, 32, 3) and image.dtype == np.uint8
     assert (image == 200).all()
+
+
+def test_a_two_replica_run_exports_at_its_end(tmp_path):
+    out, metrics = _train(
+        tmp_path,
+        **{"train.strategy": "mirrored", "train.cpu_replicas": 2, "train.export": True},
+    )
+    restored = restore.restore_run(out)
+    images = restored.inputs.splits.test.images
+    served = (
+        tf.saved_model.load(str(out / "export"))
+        .signatures["serving_default"](images=tf.constant(images))["probabilities"]
+        .numpy()
+    )
+    labels = restored.inputs.splits.test.labels
+    assert np.mean(served.argmax(1) == labels) == pytest.approx(metrics["test_accuracy"])
