@@ -21,7 +21,7 @@ train: setup
 	$(BIN)/cifar-train --experiment challenge --data-dir $(DATA_DIR) \
 	  $(if $(CIFAR10_LOCAL),--local-copy $(CIFAR10_LOCAL)) --out runs/challenge $(TRAIN_ARGS)
 
-# The completed course notebook, executed in place with its outputs (about 10 minutes).
+# The completed course notebook, executed in place with its outputs (README: Results).
 notebook: setup
 	$(BIN)/cifar-notebook --ipynb notebooks/cifar10_notebook.ipynb --data-dir $(DATA_DIR) \
 	  $(if $(CIFAR10_LOCAL),--local-copy $(CIFAR10_LOCAL))

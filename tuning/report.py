@@ -103,11 +103,11 @@ def hyperparameter_effects(trials: list[dict]) -> dict[str, dict]:
 
 
 def _plot(trials, effects, out: Path) -> list[str]:
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
     from matplotlib import ticker  # noqa: PLC0415
+
+    from pipeline.training.curves import pyplot  # noqa: PLC0415
+
+    plt = pyplot()
 
     files = []
     fig, ax = plt.subplots(figsize=(6, 4))

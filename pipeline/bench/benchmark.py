@@ -55,17 +55,23 @@ def schedule_length(steps: int) -> RunLength:
     return RunLength(steps, 10)
 
 
-def compiled_loop(cfg, strategy, inputs, steps: int) -> tuple:
-    """The project's loop as the benchmark and the profiler time it: a fresh model, its
-    optimizer, `train_steps(iterator, n)` and an endless training iterator."""
-    import tensorflow as tf  # noqa: PLC0415 - TensorFlow-heavy imports only when measuring
-
-    from pipeline.training import optim, run  # noqa: PLC0415
-    from pipeline.training.steps import make_train_step  # noqa: PLC0415
+def fresh_model_and_optimizer(cfg, strategy, inputs, steps: int) -> tuple:
+    """A newly built model and its optimizer on the benchmark's schedule, under `strategy`."""
+    from pipeline.training import optim, run  # noqa: PLC0415 - imports TensorFlow
 
     model = run.build(cfg, strategy, inputs)
     with strategy.scope():
-        opt = optim.build_optimizer(cfg, schedule_length(steps))
+        return model, optim.build_optimizer(cfg, schedule_length(steps))
+
+
+def compiled_loop(cfg, strategy, inputs, steps: int) -> tuple:
+    """The project's loop as the benchmark and the profiler time it: a fresh model and
+    `train_steps(n)` over an endless training iterator."""
+    import tensorflow as tf  # noqa: PLC0415 - TensorFlow-heavy imports only when measuring
+
+    from pipeline.training.steps import make_train_step  # noqa: PLC0415
+
+    model, opt = fresh_model_and_optimizer(cfg, strategy, inputs, steps)
     step_fn = make_train_step(model, opt, inputs, cfg, strategy)
     data_fn = inputs.train_dataset_fn(inputs.run_length(DATA_EPOCHS))
     iterator = iter(strategy.distribute_datasets_from_function(data_fn))
@@ -99,11 +105,6 @@ def training_throughput(
     def normalised_images():
         return sources.normalised(train.images, inputs.splits.mean, inputs.splits.std)
 
-    def fresh_model_and_optimizer():
-        model = run.build(cfg, strategy, inputs)
-        with strategy.scope():
-            return model, optim.build_optimizer(cfg, schedule_length(steps))
-
     def timed(name, measure):
         """Stores and prints `measure()`, a `time_passes`-like result."""
         results[name] = r = measure()
@@ -115,7 +116,7 @@ def training_throughput(
 
     if "naive" in contenders:
         # The notebook: numpy batches, an eager GradientTape step, no tf.function.
-        model, opt = fresh_model_and_optimizer()
+        model, opt = fresh_model_and_optimizer(cfg, strategy, inputs, steps)
         batches = baselines.NotebookIterator(
             normalised_images(), train.labels, batch, shuffle=True, seed=0
         )
@@ -136,7 +137,7 @@ def training_throughput(
         timed("naive", lambda: time_passes(naive_pass, repeats))
 
     if "fit" in contenders:
-        model, opt = fresh_model_and_optimizer()
+        model, opt = fresh_model_and_optimizer(cfg, strategy, inputs, steps)
         if isinstance(model, keras.Model):
             model.compile(optimizer=opt, loss=keras_fit.loss_fn(cfg), metrics=["accuracy"])
             fit_data = inputs.train_dataset_fn(inputs.run_length(DATA_EPOCHS))(None)

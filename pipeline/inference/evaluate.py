@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from pipeline.inference.restore import Restored, RunDirError
 from pipeline.training import steps
+from pipeline.training.curves import pyplot, save_figure
 from pipeline.training.run_dir import write_json
 
 MISTAKES_SHOWN = 24  # images in mistakes.png
@@ -114,24 +115,9 @@ def _markdown(table: list[dict], metrics: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pyplot():
-    import matplotlib  # noqa: PLC0415 - heavy, only when writing pictures
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    tmp.replace(path)
-
-
 def plot_confusion(matrix: np.ndarray, names: list[str], path: Path) -> None:
     """Row-normalised confusion matrix: each row (true class) sums to 1."""
-    plt = _pyplot()
+    plt = pyplot()
     rates = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(7.5, 6.5))
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
@@ -145,13 +131,12 @@ def plot_confusion(matrix: np.ndarray, names: list[str], path: Path) -> None:
     ax.set(xlabel="predicted class", ylabel="true class", title="confusion matrix (rows sum to 1)")
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_mistakes(images, labels, probs, names: list[str], path: Path) -> None:
     """The test images misclassified with the highest confidence, true and predicted class."""
-    plt = _pyplot()
+    plt = pyplot()
     predicted = probs.argmax(1)
     wrong = np.flatnonzero(predicted != labels)
     worst = wrong[np.argsort(-probs[wrong, predicted[wrong]])][:MISTAKES_SHOWN]
@@ -168,5 +153,4 @@ def plot_mistakes(images, labels, probs, names: list[str], path: Path) -> None:
         )
     fig.suptitle("most confident mistakes" if len(worst) else "no mistakes", fontsize=10)
     fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -24,7 +24,6 @@ class Restored:
     cfg: Config  # the run's config, on one device
     model: object
     inputs: Inputs
-    strategy: tf.distribute.Strategy
     checkpoint: str  # the checkpoint restored
     epochs_done: int  # of cfg.train.epochs
 
@@ -83,26 +82,17 @@ def restore_run(run_dir: str | Path) -> Restored:
             f"{config_path} describes, so it cannot be restored: {str(e).splitlines()[0]}"
         ) from e
     trainer.final_weights()
-    return Restored(cfg, model, inputs, strategy, latest, trainer.epochs_done)
+    return Restored(cfg, model, inputs, latest, trainer.epochs_done)
 
 
 def export_restored(restored: Restored, to: str | Path, overwrite: bool = False) -> Path:
     """Exports a restored run's model (see training/export.py) with what it was trained on."""
-    splits, cfg = restored.inputs.splits, restored.cfg
-    info = {
-        "model": cfg.model.name,
-        "params": cfg.model.params,
-        "precision": cfg.train.precision,
-        "epochs_trained": restored.epochs_done,
-        "checkpoint": Path(restored.checkpoint).name,
-    }
-    return export.export_model(
+    return export.export_run(
         restored.model,
-        splits.mean,
-        splits.std,
-        splits.class_names,
-        cfg.train.tta,
+        restored.inputs,
+        restored.cfg,
         to,
-        info,
+        restored.epochs_done,
         overwrite,
+        checkpoint=Path(restored.checkpoint).name,
     )

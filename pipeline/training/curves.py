@@ -1,16 +1,31 @@
-"""Plots of a run's history: loss and accuracy per epoch."""
+"""Plots of a run's history (loss and accuracy per epoch), and the two helpers every
+picture the project writes goes through."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def plot_curves(history: list[dict], path: Path) -> None:
+def pyplot():
+    """matplotlib.pyplot on the file-only backend; imported when a picture is written."""
     import matplotlib  # noqa: PLC0415 - heavy, and only needed when writing outputs
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
+    return plt
+
+
+def save_figure(fig, path: Path) -> None:
+    """Writes then renames, so a reader never sees half a PNG; closes the figure."""
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    pyplot().close(fig)
+    tmp.replace(path)
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    plt = pyplot()
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for split, style in (("train", "-o"), ("val", "-s")):
@@ -23,7 +38,4 @@ def plot_curves(history: list[dict], path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)

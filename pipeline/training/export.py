@@ -94,3 +94,21 @@ def export_model(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return to
+
+
+def export_run(
+    model, inputs, cfg, to: str | Path, epochs_trained: int, overwrite: bool = False, **extra
+) -> Path:
+    """`export_model` with what the run was trained on: its training split's statistics and
+    class names, its test-time augmentation, and a description of it in export.json."""
+    splits = inputs.splits
+    info = {
+        "model": cfg.model.name,
+        "params": cfg.model.params,
+        "precision": cfg.train.precision,
+        "epochs_trained": epochs_trained,
+        **extra,
+    }
+    return export_model(
+        model, splits.mean, splits.std, splits.class_names, cfg.train.tta, to, info, overwrite
+    )

@@ -111,7 +111,7 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
     else:
         result = loop.fit(model, inputs, cfg, strategy, callbacks=callbacks, log=log)
     if out and chief and cfg.train.export:
-        _export_at_end(model, inputs, cfg, strategy, out, log)
+        _export_at_end(model, inputs, cfg, out, log)
     metrics = {
         "model": cfg.model.name,
         "loop": cfg.train.loop,
@@ -127,30 +127,14 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
     return metrics
 
 
-def _export_at_end(model, inputs: Inputs, cfg: Config, strategy, out: Path, log) -> None:
+def _export_at_end(model, inputs: Inputs, cfg: Config, out: Path, log) -> None:
     """The final model (EMA weights when kept) as out/export, for cifar-predict or serving."""
     if cfg.train.strategy == "multi_worker":
         # Saving is not collective: the chief alone would trace the model outside the
         # cluster's step. Restoring on one process is what cifar-export does.
         log(f"no export from a multi-worker run: run `cifar-export {out} --to {out}/export`")
         return
-    splits = inputs.splits
-    info = {
-        "model": cfg.model.name,
-        "params": cfg.model.params,
-        "precision": cfg.train.precision,
-        "epochs_trained": cfg.train.epochs,
-    }
-    path = export.export_model(
-        model,
-        splits.mean,
-        splits.std,
-        splits.class_names,
-        cfg.train.tta,
-        out / "export",
-        info,
-        overwrite=True,
-    )
+    path = export.export_run(model, inputs, cfg, out / "export", cfg.train.epochs, overwrite=True)
     log(f"exported the model to {path} (cifar-predict {path} IMAGE...)")
 
 
