@@ -77,6 +77,8 @@ class TrainConfig:
     loop: Literal["custom", "fit"] = "custom"  # custom: the project's loop; fit: model.fit
     out_dir: str | None = None  # outputs; None = nothing written
     checkpoint_every: int = 1  # epochs between checkpoints; at most this many are redone
+    checkpoint_every_steps: int = 0  # >0: also a checkpoint every N steps inside an epoch,
+    # so a crash (kill -9, a lost worker) redoes at most N steps; SIGTERM saves anyway
     keep_checkpoints: int = 2
     export: bool = True  # write out_dir/export (a SavedModel serving uint8 images) at the end
     tta: Literal["none", "flip", "flip_translate"] = "none"  # test-time augmentation

@@ -1,9 +1,11 @@
-"""The two kinds of failure every command reports without a traceback.
+"""The failures every command reports without a traceback.
 
 `UserError`: what the user gave (a flag, a path, a name, a config value) does not work;
 the message says what was expected and the fix, and every CLI exits 2. Anything else
 that escapes is a bug in the project and keeps its traceback.
 `NonFiniteLossError`: training diverged; every CLI exits 3.
+`Preempted`: a signal stopped training after saving; exit 128 + the signal number.
+`WorkerLostError`: a multi-worker run lost a worker; exit 4.
 """
 
 from __future__ import annotations
@@ -15,3 +17,20 @@ class UserError(ValueError):
 
 class NonFiniteLossError(RuntimeError):
     """Training loss became NaN or inf; the last good checkpoint is kept (exit code 3)."""
+
+
+class Preempted(BaseException):
+    """SIGTERM / SIGINT stopped training after a step that was saved; the exit code is the
+    shell's for that signal (143, 130). A BaseException, like KeyboardInterrupt, so that
+    code catching Exception (keras-tuner's trial runner) does not swallow it."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class WorkerLostError(RuntimeError):
+    """A multi-worker run lost contact with another worker; the run's checkpoints are kept
+    and rerunning the same command resumes (exit code 4)."""
+
+    exit_code = 4

@@ -1,18 +1,22 @@
 """Argument parsing shared by the console scripts: data flags, overrides, and the exit codes
-(user error 2, diverged 3; any other exception is a bug and keeps its traceback)."""
+(user error 2, diverged 3, worker lost 4, stopped by a signal 128 + its number; any other
+exception is a bug and keeps its traceback)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Callable
 
-from pipeline.errors import NonFiniteLossError, UserError
+from pipeline.errors import NonFiniteLossError, Preempted, UserError, WorkerLostError
 
 EXIT_USER_ERROR = 2
 EXIT_DIVERGED = 3
+EXIT_WORKER_LOST = WorkerLostError.exit_code  # a worker was lost; rerunning resumes
+EXIT_INTERRUPTED = 130  # the shell's code for SIGINT; SIGTERM after a save gives 143
 
 
 def command_parser(prog: str, doc: str) -> argparse.ArgumentParser:
@@ -57,6 +61,16 @@ def experiment_config(args: argparse.Namespace, default_model: str):
     if args.experiment:
         return experiments.get(args.experiment)
     return experiments.for_model(args.model or default_model)
+
+
+def add_local_workers_args(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--local-workers", type=int, default=0, help=help_text)
+    parser.add_argument(
+        "--allow-exposed-workers",
+        action="store_true",
+        help="with --local-workers where no private network namespace can be made: accept "
+        "servers listening on every interface (trusted networks only)",
+    )
 
 
 def add_override_arg(parser: argparse.ArgumentParser) -> None:
@@ -105,8 +119,35 @@ def run_cli(main: Callable[[], int | None]) -> Callable[[], int]:
         except NonFiniteLossError as e:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_DIVERGED
+        except WorkerLostError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return EXIT_WORKER_LOST
+        except Preempted as e:
+            print(str(e), file=sys.stderr)
+            return e.exit_code
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
 
     return wrapped
+
+
+def prepare_data_in_child(cfg) -> None:
+    """Makes tfds CIFAR-10 ready (`cifar-data prepare`) in a child process, so that this
+    one stays free of TensorFlow's threads (launch.py needs a single thread) and the
+    processes started later, without network, find it."""
+    if cfg.source != "tfds":
+        return
+    cmd = [sys.executable, "-m", "scripts.data", "prepare"]
+    if cfg.data_dir:
+        cmd += ["--data-dir", cfg.data_dir]
+    if cfg.local_copy:
+        cmd += ["--local-copy", cfg.local_copy]
+    if not cfg.download:
+        cmd.append("--no-download")
+    done = subprocess.run(cmd, stdout=subprocess.DEVNULL)
+    if done.returncode:
+        raise SystemExit(done.returncode)  # its error is on stderr already
 
 
 def write_json(path: str, payload: dict) -> None:

@@ -1,6 +1,7 @@
 """cifar-data: prepare CIFAR-10 for tensorflow-datasets offline, and check it.
 
   cifar-data import ../shared/data/cifar10 --data-dir ~/tensorflow_datasets
+  cifar-data prepare --data-dir ~/tensorflow_datasets   # there already, or download it
   cifar-data verify --data-dir ~/tensorflow_datasets
 
 `import` builds the standard tfds `cifar10` (3.0.2: 50,000 train, 10,000 test) from a
@@ -39,6 +40,13 @@ def parse(argv=None) -> argparse.Namespace:
         action="store_true",
         help="accept .bin files whose sha256 differs from the official release",
     )
+    prep = sub.add_parser(
+        "prepare",
+        help="make tfds cifar10 ready: already there, imported from --local-copy, or downloaded",
+    )
+    prep.add_argument("--data-dir", help="tfds data dir (default: tfds's own)")
+    prep.add_argument("--local-copy", metavar="PATH", help="CIFAR-10 folder or .tar.gz")
+    prep.add_argument("--no-download", action="store_true", help="fail rather than download")
     ver = sub.add_parser("verify", help="print split sizes, class counts, channel mean/std")
     ver.add_argument("--data-dir", help="tfds data dir (default: tfds's own)")
     return parser.parse_args(argv)
@@ -64,6 +72,14 @@ def main() -> None:
     if args.command == "import":
         path = data.import_local_copy(args.src, args.data_dir, check_digests=not args.no_checksums)
         print(f"tfds cifar10 ready in {path}")
+        return
+    if args.command == "prepare":
+        data.ensure_prepared(
+            DataConfig(
+                data_dir=args.data_dir, local_copy=args.local_copy, download=not args.no_download
+            )
+        )
+        print(f"tfds cifar10 ready in {args.data_dir or 'the default data dir'}")
         return
     b = data.builder(args.data_dir)
     if not b.is_prepared():

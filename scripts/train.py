@@ -25,10 +25,12 @@ from pipeline.config import Config, ConfigError, choices, override, parse_overri
 from scripts.common import (
     add_data_args,
     add_experiment_args,
+    add_local_workers_args,
     add_override_arg,
     command_parser,
     data_overrides,
     experiment_config,
+    prepare_data_in_child,
     run_cli,
 )
 
@@ -54,11 +56,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--precision", choices=choices("train.precision"))
     p.add_argument("--strategy", choices=choices("train.strategy"))
     p.add_argument("--cpu-replicas", type=int, help="mirrored over N logical CPU devices")
-    p.add_argument(
-        "--local-workers",
-        type=int,
-        default=0,
-        help="launch N multi-worker processes on loopback ports of this machine",
+    add_local_workers_args(
+        p, "launch N multi-worker processes on this machine, reachable on loopback only"
     )
     p.add_argument("--loop", choices=choices("train.loop"))
     p.add_argument("--out", help="output dir (resumes if it holds a checkpoint)")
@@ -103,17 +102,28 @@ def list_choices() -> None:
     print("config keys (--set KEY=VALUE): " + ", ".join(valid_keys()))
 
 
+def launch_local_workers(args: argparse.Namespace, cfg: Config) -> int:
+    """Claims --out, prepares the data while the network is at hand, then runs the
+    workers in a private network namespace (see pipeline/training/launch.py)."""
+    from pipeline.training import launch, out_claim  # noqa: PLC0415 - no TensorFlow
+
+    if cfg.train.out_dir:
+        out_claim.claim(cfg.train.out_dir)
+    prepare_data_in_child(cfg.data)
+    return launch.run_local_workers(
+        args.local_workers, sys.argv[1:], cfg.train.out_dir, args.allow_exposed_workers
+    )
+
+
 @run_cli
 def main() -> int:
     args = parse()
     if args.list:
         list_choices()
         return 0
-    if args.local_workers:
-        from pipeline.training.launch import run_local_workers  # noqa: PLC0415
-
-        return run_local_workers(args.local_workers, sys.argv[1:])
     cfg = build_config(args)
+    if args.local_workers:
+        return launch_local_workers(args, cfg)
     from pipeline.training import run  # noqa: PLC0415 - imports TensorFlow
 
     metrics = run.train(cfg)

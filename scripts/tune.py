@@ -21,7 +21,15 @@ import sys
 
 from pipeline.config import Config, choices, override, parse_overrides
 from pipeline.errors import UserError
-from scripts.common import add_data_args, add_override_arg, command_parser, data_overrides, run_cli
+from scripts.common import (
+    add_data_args,
+    add_local_workers_args,
+    add_override_arg,
+    command_parser,
+    data_overrides,
+    prepare_data_in_child,
+    run_cli,
+)
 from tuning import TUNERS
 
 
@@ -40,11 +48,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--out", default="runs/search")
     p.add_argument("--overwrite", action="store_true", help="discard a previous search in --out")
-    p.add_argument(
-        "--local-workers",
-        type=int,
-        default=0,
-        help="distributed search: keras-tuner chief + N workers on loopback",
+    add_local_workers_args(
+        p, "distributed search: keras-tuner chief + N workers, reachable on loopback only"
     )
     p.add_argument("--epochs", type=int, help="retrain: epochs (default: the challenge's 10)")
     p.add_argument("--seed", type=int, default=0)
@@ -97,9 +102,12 @@ def main() -> int:
     if args.action == "retrain":
         return retrain(args)
     if args.local_workers:
-        from tuning.search import local_search  # noqa: PLC0415
+        from pipeline.training import out_claim  # noqa: PLC0415 - no TensorFlow
+        from tuning.local import local_search  # noqa: PLC0415
 
-        return local_search(args.local_workers, sys.argv[1:])
+        out_claim.claim(args.out)
+        prepare_data_in_child(base_config(args).data)
+        return local_search(args.local_workers, sys.argv[1:], args.allow_exposed_workers)
     from tuning.search import search  # noqa: PLC0415
 
     best = search(

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -62,9 +60,11 @@ def search(
     Returns:
         best.json's content on the chief / single process, None on a worker.
     """
-    from pipeline.training import precision, run  # noqa: PLC0415 - imports TensorFlow
+    from pipeline.training import out_claim, precision, run  # noqa: PLC0415 - imports TF
 
     out_path = Path(out)
+    if not is_worker():  # the chief (or the only process) owns --out; workers share it
+        out_claim.claim(out_path)
     out_path.mkdir(parents=True, exist_ok=True)
     base, _ = precision.resolve(base)  # once, so every trial trains in the same precision
     strategy, inputs = run.prepare(base)  # data is loaded once for every trial
@@ -128,27 +128,3 @@ def leaderboard(ranked: Iterable[tuple[str, float, dict]]) -> list[str]:
         cells = " | ".join(fmt(values[n]) if n in values else "-" for n in varied)
         rows.append(f"| {i} | {trial_id} | {score:.3f} | {cells} |")
     return rows
-
-
-def local_search(workers: int, argv: list[str], module: str = "scripts.tune") -> int:
-    """keras-tuner's distributed search on this machine: one chief (the oracle) and
-    `workers` workers on a loopback port; each trial runs once, on one worker."""
-    from pipeline.training.distribute import free_ports  # noqa: PLC0415
-    from pipeline.training.launch import strip_flag  # noqa: PLC0415
-
-    args = strip_flag(argv, "--local-workers")
-    port = str(free_ports(1)[0])
-    base_env = {**os.environ, "KERASTUNER_ORACLE_IP": "127.0.0.1", "KERASTUNER_ORACLE_PORT": port}
-    chief = subprocess.Popen(
-        [sys.executable, "-m", module, *args], env={**base_env, "KERASTUNER_TUNER_ID": "chief"}
-    )
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", module, *args],
-            env={**base_env, "KERASTUNER_TUNER_ID": f"tuner{i}"},
-        )
-        for i in range(workers)
-    ]
-    codes = [p.wait() for p in procs]
-    chief_code = chief.wait()
-    return next((c for c in [chief_code, *codes] if c), 0)

@@ -36,16 +36,19 @@ class Inputs:
         """`epochs` of this training split's full batches, each cut to `cut` steps if > 0."""
         return run_length(len(self.splits.train.labels), self.cfg.batch_size, epochs, cut)
 
-    def train_dataset_fn(self, length: RunLength, start_epoch: int = 0) -> Callable:
+    def train_dataset_fn(
+        self, length: RunLength, start_epoch: int = 0, start_step: int = 0
+    ) -> Callable:
         """A `dataset_fn(input_context)` for `strategy.distribute_datasets_from_function`:
-        epochs `start_epoch` to `length.epochs` of exactly `length.steps_per_epoch` steps.
+        epochs `start_epoch` to `length.epochs` of exactly `length.steps_per_epoch` steps,
+        the first of them from its step `start_step` on (a run resumed mid-epoch).
 
         Each epoch's order is a stateless shuffle of (seed, epoch), so a resumed run sees
         exactly the batches it would have seen, cut epochs included. Every global batch is
         the same whatever the replica count: input pipeline p takes its contiguous share
         and splits it into one batch per local replica, in replica order.
         """
-        return lambda ctx=None: train_dataset(self, length, start_epoch, ctx)
+        return lambda ctx=None: train_dataset(self, length, start_epoch, ctx, start_step)
 
     def eval_dataset(self, split: str, ctx: tf.distribute.InputContext | None = None):
         if ctx is not None:  # a per-worker shard: built where the strategy asks for it
@@ -96,6 +99,7 @@ def train_dataset(
     length: RunLength,
     start_epoch: int = 0,
     ctx: tf.distribute.InputContext | None = None,
+    start_step: int = 0,
 ) -> tf.data.Dataset:
     cfg, splits, seed = inputs.cfg, inputs.splits, inputs.seed
     pipelines, pipeline_id, local = _shares(cfg.batch_size, ctx)
@@ -115,6 +119,8 @@ def train_dataset(
         return tf.data.Dataset.from_tensor_slices((mine, epochs_col))
 
     batches = tf.data.Dataset.range(start_epoch, length.epochs).flat_map(epoch_batches)
+    # Skipped as indices, before any image is gathered or augmented.
+    batches = batches.skip(start_step * local)
     gather = _memory_gather(splits.train)
     # XLA fuses shift, flip, cast and normalise into one pass instead of one per op.
     preprocess = tf.function(

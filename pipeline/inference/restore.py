@@ -75,7 +75,7 @@ def restore_run(run_dir: str | Path) -> Restored:
     length = inputs.run_length(cfg.train.epochs, cfg.train.steps_per_epoch)
     trainer = loop.Trainer(model, inputs, cfg, strategy, length)
     try:
-        trainer.checkpoint.restore(latest).assert_existing_objects_matched()
+        trainer.weights_checkpoint.restore(latest).assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as e:
         raise RunDirError(
             f"{latest} does not hold the {cfg.model.name} (params {cfg.model.params}) that "

@@ -1,10 +1,9 @@
-"""tf.distribute strategy from config, and local multi-worker clusters on loopback."""
+"""tf.distribute strategy from config, and which process is the chief."""
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 
 import tensorflow as tf
 
@@ -74,20 +73,16 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
     )
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def local_cluster(n: int) -> list[str]:
-    """TF_CONFIG values for `n` workers on loopback ports of this machine."""
-    workers = [f"127.0.0.1:{p}" for p in free_ports(n)]
-    return [
-        json.dumps({"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}})
-        for i in range(n)
-    ]
+def is_chief_task(cfg: TrainConfig) -> bool:
+    """`is_chief` before any strategy exists, from TF_CONFIG (for work that must precede
+    TensorFlow's start-up, such as claiming the output folder)."""
+    if cfg.strategy != "multi_worker" or "TF_CONFIG" not in os.environ:
+        return True
+    try:
+        spec = json.loads(os.environ["TF_CONFIG"])
+        task, cluster = spec.get("task", {}), spec.get("cluster", {})
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise StrategyError(f"TF_CONFIG is not valid JSON with cluster and task: {e}") from e
+    if task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and task.get("index") == 0 and "chief" not in cluster

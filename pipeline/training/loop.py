@@ -6,7 +6,9 @@ Every model, strategy, precision and the tuner's trials go through `fit`.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -17,9 +19,9 @@ import tensorflow as tf
 
 from pipeline.config import Config, TrainConfig
 from pipeline.data.datasets import Inputs
-from pipeline.errors import NonFiniteLossError
+from pipeline.errors import NonFiniteLossError, WorkerLostError
 from pipeline.run_length import RunLength
-from pipeline.training import distribute, optim, steps
+from pipeline.training import distribute, optim, preemption, steps
 from pipeline.training.run_dir import RunDirectory
 
 STEPS_PER_CALL = 50  # train steps per tf.function call: fewer Python round trips
@@ -28,68 +30,116 @@ STEPS_PER_CALL = 50  # train steps per tf.function call: fewer Python round trip
 class Trainer:
     """A model with its optimizer, compiled steps and training data, for one run length.
 
-    `checkpoint` holds everything a resume needs (model, optimizer, epochs done); `start`
-    positions the data at an epoch; `train_epoch` trains one and evaluates on val.
+    `checkpoint` holds everything a resume needs: model, optimizer, epochs done, and the
+    position inside the epoch in progress with that epoch's running totals, so a run
+    stopped mid-epoch resumes at its next step. `start` positions the data there;
+    `train_steps` trains some of the epoch's steps; `end_epoch` scores it.
     """
 
-    def __init__(self, model, inputs: Inputs, cfg: Config, strategy, length: RunLength):
+    def __init__(
+        self,
+        model,
+        inputs: Inputs,
+        cfg: Config,
+        strategy,
+        length: RunLength,
+        stop_flag: tf.Variable | None = None,
+    ):
         self.model, self.inputs, self.cfg = model, inputs, cfg
         self.strategy, self.length = strategy, length
         with strategy.scope():
             self.optimizer = optim.build_optimizer(cfg, length)
             self.optimizer.build(steps.trainable(model))
             self._epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.checkpoint = tf.train.Checkpoint(
+            self._epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False)
+            # The epoch in progress: loss sum, correct, examples, seconds.
+            self._epoch_totals = tf.Variable(tf.zeros([4], tf.float64), trainable=False)
+        self.weights_checkpoint = tf.train.Checkpoint(
             model=model, optimizer=self.optimizer, epoch=self._epochs_done
         )
-        self._train_steps = steps.make_train_step(model, self.optimizer, inputs, cfg, strategy)
+        self.checkpoint = tf.train.Checkpoint(
+            model=model,
+            optimizer=self.optimizer,
+            epoch=self._epochs_done,
+            epoch_step=self._epoch_step,
+            epoch_totals=self._epoch_totals,
+        )
+        self._train_steps = steps.make_train_step(
+            model, self.optimizer, inputs, cfg, strategy, stop_flag
+        )
+        self.stop_agreed = tf.function(steps.agreed_flag(stop_flag, strategy))
         self._eval_steps: dict[str, Callable] = {}
         self._recalibrate = steps.make_bn_recalibration(model, inputs, cfg, strategy)
         self._iterator = None
         self.train_seconds = 0.0
         self.trained_images = 0
 
+    def checkpoint_bytes(self) -> int:
+        """About what one checkpoint takes on disk: the model's and optimizer's variables."""
+        variables = {id(v): v for v in [*self.model.variables, *self.optimizer.variables]}
+        return sum(int(np.prod(v.shape)) * tf.as_dtype(v.dtype).size for v in variables.values())
+
     @property
     def epochs_done(self) -> int:
         return int(self._epochs_done.numpy())
 
+    @property
+    def epoch_step(self) -> int:
+        """Steps done in the epoch in progress."""
+        return int(self._epoch_step.numpy())
+
+    @property
+    def global_step(self) -> int:
+        return self.epochs_done * self.length.steps_per_epoch + self.epoch_step
+
+    @property
+    def epoch_complete(self) -> bool:
+        return self.epoch_step >= self.length.steps_per_epoch
+
     def start(self, epoch: int) -> None:
-        """Positions the training data at `epoch`: each epoch's batches are a function of
-        (seed, epoch), so a resumed run sees the very batches an uninterrupted one would."""
+        """Positions the training data at `epoch`, `epoch_step` steps in (0 unless a
+        checkpoint of a stopped epoch was restored). Each epoch's batches are a function
+        of (seed, epoch), so a resumed run sees the very batches an uninterrupted one
+        would."""
         self._epochs_done.assign(epoch)
         data = self.strategy.distribute_datasets_from_function(
-            self.inputs.train_dataset_fn(self.length, epoch)
+            self.inputs.train_dataset_fn(self.length, epoch, self.epoch_step)
         )
         self._iterator = iter(data)
 
-    def train_epoch(self, progress: keras.utils.Progbar | None = None) -> dict:
-        """Trains the next epoch, then scores val; returns its history row.
+    def train_steps(self, limit: int, progress: keras.utils.Progbar | None = None) -> int:
+        """Trains up to `limit` more steps of the epoch in progress, fewer when a stop was
+        requested (the stop flag); returns the steps done.
 
         Raises:
             NonFiniteLossError: when the training loss becomes NaN or inf.
         """
-        epoch, n_steps = self.epochs_done, self.length.steps_per_epoch
-        totals, done = np.zeros(3), 0
         t0 = time.perf_counter()
-        while done < n_steps:
-            n = min(STEPS_PER_CALL, n_steps - done)
-            totals += self._train_steps(self._iterator, tf.constant(n)).numpy()
-            done += n
-            loss = totals[0] / totals[2]
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"training loss became {loss} at epoch {epoch + 1}, step {done}: lower the "
-                    "learning rate (--lr) or use float32"
-                )
-            if progress is not None:
-                progress.update(done, [("loss", loss), ("acc", totals[1] / totals[2])])
+        totals = self._train_steps(self._iterator, tf.constant(limit)).numpy()
         seconds = time.perf_counter() - t0
+        done = round(float(totals[2]) / self.cfg.data.batch_size)
+        self._epoch_totals.assign_add(np.append(totals, seconds).astype(np.float64))
+        self._epoch_step.assign_add(done)
         self.train_seconds += seconds
-        self.trained_images += n_steps * self.cfg.data.batch_size
+        self.trained_images += done * self.cfg.data.batch_size
+        loss_sum, correct, count, _ = self._epoch_totals.numpy()
+        if count and not math.isfinite(loss_sum / count):
+            raise NonFiniteLossError(
+                f"training loss became {loss_sum / count} at epoch {self.epochs_done + 1}, "
+                f"step {self.epoch_step}: lower the learning rate (--lr) or use float32"
+            )
+        if progress is not None and count:
+            progress.update(self.epoch_step, [("loss", loss_sum / count), ("acc", correct / count)])
+        return done
+
+    def end_epoch(self) -> dict:
+        """Scores the epoch just trained (val, BN statistics refreshed first when the
+        recipe asks) and moves on to the next; returns its history row."""
+        loss_sum, correct, count, seconds = self._epoch_totals.numpy()
         row = {
-            "epoch": epoch + 1,
-            "train_loss": totals[0] / totals[2],
-            "train_accuracy": totals[1] / totals[2],
+            "epoch": self.epochs_done + 1,
+            "train_loss": loss_sum / count,
+            "train_accuracy": correct / count,
             "seconds": seconds,
             "lr": float(optim.lr_at(self.optimizer.iterations, self.cfg.optim, self.length)),
         }
@@ -97,8 +147,16 @@ class Trainer:
         if self._has("val"):
             val = self.evaluate("val")
             row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
-        self._epochs_done.assign(epoch + 1)
+        self._epochs_done.assign_add(1)
+        self._epoch_step.assign(0)
+        self._epoch_totals.assign(tf.zeros([4], tf.float64))
         return row
+
+    def train_epoch(self, progress: keras.utils.Progbar | None = None) -> dict:
+        """Trains the rest of the epoch in progress and scores it (see `end_epoch`)."""
+        while not self.epoch_complete:
+            self.train_steps(STEPS_PER_CALL, progress)
+        return self.end_epoch()
 
     def evaluate(self, split: str, tta: str | None = None) -> dict:
         """{"loss", "accuracy"} on `split`, with the run's test-time augmentation unless
@@ -146,8 +204,9 @@ def fit(
 ) -> dict:
     """Trains `model` (built under `strategy.scope()`) for `cfg.train.epochs` epochs.
 
-    Resumes from the latest checkpoint in `cfg.train.out_dir` when there is one, else
-    starts at `initial_epoch` (keras-tuner's Hyperband continues trials this way).
+    Resumes from the latest checkpoint in `cfg.train.out_dir` when there is one (at the
+    step it was saved, mid-epoch included), else starts at `initial_epoch` (keras-tuner's
+    Hyperband continues trials this way).
 
     Returns:
         {"history": [per-epoch rows], "val_accuracy", "test_accuracy", ...}.
@@ -155,18 +214,29 @@ def fit(
     Raises:
         NonFiniteLossError: when the training loss becomes NaN or inf; the last good
             checkpoint is kept.
+        Preempted: after SIGTERM / SIGINT, once the step in progress is done and saved.
     """
     wall = time.perf_counter()
     strategy = strategy or tf.distribute.get_strategy()
     tcfg = cfg.train
     length = inputs.run_length(tcfg.epochs, tcfg.steps_per_epoch)
-    trainer = Trainer(model, inputs, cfg, strategy, length)
+    stops = preemption.StopRequests()
+    trainer = Trainer(model, inputs, cfg, strategy, length, stops.flag)
     run_dir = RunDirectory(
-        tcfg.out_dir, distribute.is_chief(strategy), tcfg.keep_checkpoints, trainer.checkpoint
+        tcfg.out_dir,
+        distribute.is_chief(strategy),
+        tcfg.keep_checkpoints,
+        trainer.checkpoint,
+        trainer.checkpoint_bytes(),
     )
     history = run_dir.restore()[: trainer.epochs_done]
     start = trainer.epochs_done or initial_epoch
-    if trainer.epochs_done:
+    if trainer.epoch_step:
+        position = f"epoch {start + 1}, step {trainer.epoch_step}/{length.steps_per_epoch}"
+        run_dir.describe_latest(position)
+        log(f"resuming from the checkpoint of {position} in {tcfg.out_dir}")
+    elif trainer.epochs_done:
+        run_dir.describe_latest(f"end of epoch {start}")
         log(f"resuming from the checkpoint of epoch {start} in {tcfg.out_dir}")
     trainer.start(start)
     hooks = keras.callbacks.CallbackList(
@@ -176,22 +246,78 @@ def fit(
         steps=length.steps_per_epoch,
     )
     hooks.on_train_begin()
-    for epoch in range(start, length.epochs):
-        hooks.on_epoch_begin(epoch)
-        try:
-            row = trainer.train_epoch(_progress_bar(tcfg, length.steps_per_epoch))
-        except NonFiniteLossError as e:
-            raise NonFiniteLossError(f"{e}; {run_dir.what_is_kept(epoch)}") from None
-        history.append(row)
-        last = epoch + 1 == length.epochs
-        run_dir.epoch_end(history, save=last or (epoch + 1 - start) % tcfg.checkpoint_every == 0)
-        log(_summary(row, length.epochs))
-        hooks.on_epoch_end(epoch, {k: v for k, v in row.items() if k != "epoch"})
+    with stops, _peers_watched(strategy, run_dir):
+        for epoch in range(start, length.epochs):
+            hooks.on_epoch_begin(epoch)
+            _train_rest_of_epoch(trainer, run_dir, stops, tcfg)
+            row = trainer.end_epoch()
+            history.append(row)
+            run_dir.record_epoch(history)
+            stop = bool(trainer.stop_agreed())  # a signal during the epoch's last steps or val
+            due = epoch + 1 == length.epochs or (epoch + 1 - start) % tcfg.checkpoint_every == 0
+            if due or stop:
+                run_dir.save(trainer.global_step, f"end of epoch {epoch + 1}")
+            log(_summary(row, length.epochs))
+            hooks.on_epoch_end(epoch, {k: v for k, v in row.items() if k != "epoch"})
+            if stop:
+                stops.raise_stopped(f"after epoch {epoch + 1}", run_dir.what_is_kept())
     hooks.on_train_end()
     result = {"history": history, **trainer.finish()}
     if history and "val_accuracy" in history[-1]:
         result["val_accuracy"] = history[-1]["val_accuracy"]
     return {**result, "wall_seconds": time.perf_counter() - wall}
+
+
+# What collective ops raise when a peer dies, hangs past the collective timeout, or the
+# cluster's health check aborts them.
+_PEER_ERRORS = (
+    tf.errors.UnavailableError,
+    tf.errors.DeadlineExceededError,
+    tf.errors.CancelledError,
+    tf.errors.AbortedError,
+    tf.errors.InternalError,
+)
+_PEER_WORDS = re.compile(r"abort|reset|timed out|deadline|unavailable|heartbeat", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def _peers_watched(strategy, run_dir: RunDirectory):
+    """On several workers, turns a collective op's failure into a WorkerLostError that
+    says what is kept and how to resume (the CLIs exit 4)."""
+    try:
+        yield
+    except _PEER_ERRORS as e:
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            raise
+        lines = [line.strip() for line in str(e).splitlines()]
+        reason = next((line for line in lines if _PEER_WORDS.search(line)), type(e).__name__)
+        raise WorkerLostError(
+            f"lost contact with another worker ({reason}); {run_dir.what_is_kept()}"
+        ) from None
+
+
+def _train_rest_of_epoch(trainer: Trainer, run_dir: RunDirectory, stops, tcfg: TrainConfig):
+    """Trains the epoch in progress to its end, in calls of at most STEPS_PER_CALL steps
+    that end where a `checkpoint_every_steps` save is due. A stop request saves the
+    step reached and raises `Preempted`."""
+    n_steps = trainer.length.steps_per_epoch
+    every = tcfg.checkpoint_every_steps
+    progress = _progress_bar(tcfg, n_steps)
+    while not trainer.epoch_complete:
+        step = trainer.epoch_step
+        limit = min(STEPS_PER_CALL, n_steps - step)
+        if every:
+            limit = min(limit, every - step % every)
+        try:
+            done = trainer.train_steps(limit, progress)
+        except NonFiniteLossError as e:
+            raise NonFiniteLossError(f"{e}; {run_dir.what_is_kept()}") from None
+        position = f"epoch {trainer.epochs_done + 1}, step {trainer.epoch_step}/{n_steps}"
+        if done < limit:  # the call stopped early: a stop every worker agreed on
+            run_dir.save(trainer.global_step, position)
+            stops.raise_stopped(f"at {position}", run_dir.what_is_kept())
+        if every and trainer.epoch_step % every == 0 and not trainer.epoch_complete:
+            run_dir.save(trainer.global_step, position)
 
 
 def _progress_bar(tcfg: TrainConfig, n_steps: int) -> keras.utils.Progbar:

@@ -14,7 +14,7 @@ from pipeline.config import Config, ConfigError, to_dict
 from pipeline.data import sources
 from pipeline.data.datasets import Inputs, make_inputs
 from pipeline.errors import UserError
-from pipeline.training import distribute, export, loop, precision
+from pipeline.training import distribute, export, loop, out_claim, precision
 from pipeline.training.keras_fit import fit_with_keras
 from pipeline.training.run_dir import write_json
 
@@ -90,8 +90,10 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
     cfg, choice = precision.resolve(cfg, log)
     resolved.update(chosen=choice.policy, reason=choice.reason, device=choice.device)
     out = Path(cfg.train.out_dir) if cfg.train.out_dir else None
-    if out:
-        check_resumable(out, cfg)  # before the data is loaded: a refusal costs nothing
+    if out and distribute.is_chief_task(cfg.train):
+        # Before the data is loaded: a refusal costs nothing.
+        out_claim.claim(out, log)
+        check_resumable(out, cfg)
     strategy, inputs = prepare(cfg)
     chief = distribute.is_chief(strategy)
     if out and chief:

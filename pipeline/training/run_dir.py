@@ -11,6 +11,10 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from pipeline.training.out_claim import check_free_space
+
+SMALL_FILES_BYTES = 8 * 2**20  # history, curves, TensorBoard events, config, metrics
+
 
 def write_json(path: Path, payload) -> None:
     """Writes then renames: a kill mid-write never leaves a half file."""
@@ -22,10 +26,18 @@ def write_json(path: Path, payload) -> None:
 class RunDirectory:
     """Checkpoints, history, TensorBoard and curves under `out_dir` (None: nothing kept)."""
 
-    def __init__(self, out_dir: str | None, chief: bool, keep: int, checkpoint):
+    def __init__(
+        self, out_dir: str | None, chief: bool, keep: int, checkpoint, checkpoint_bytes: int = 0
+    ):
         self.dir = Path(out_dir) if out_dir else None
         self.chief = chief
         self.manager = self.writer = None
+        self._saved_at: dict[str, str] = {}
+        if self.dir and chief:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            # Room for the checkpoints kept plus the one being written, and the small files.
+            needed = checkpoint_bytes * (keep + 1) + SMALL_FILES_BYTES
+            check_free_space(self.dir, needed, f"{keep} checkpoint(s) of this run")
         if self.dir:
             ckpt_dir = self.dir / "checkpoints"
             if not chief:
@@ -44,25 +56,36 @@ class RunDirectory:
         history_path = self.dir / "history.json"
         return json.loads(history_path.read_text()) if history_path.is_file() else []
 
-    def epoch_end(self, history: list[dict], save: bool) -> None:
-        """Records the epoch just trained (history[-1]); `save` writes a checkpoint too."""
-        if not self.dir:
+    def record_epoch(self, history: list[dict]) -> None:
+        """Records the epoch just trained (history[-1]): history.json, TensorBoard, curves."""
+        if not (self.dir and self.chief):
             return
-        if self.chief:
-            write_json(self.dir / "history.json", history)
-            with self.writer.as_default(step=len(history)):
-                for key, value in history[-1].items():
-                    if isinstance(value, (int, float)) and key != "epoch":
-                        tf.summary.scalar(key, value)
-            self.writer.flush()
-            from pipeline.training.curves import plot_curves  # noqa: PLC0415 - slow import
+        write_json(self.dir / "history.json", history)
+        with self.writer.as_default(step=len(history)):
+            for key, value in history[-1].items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    tf.summary.scalar(key, value)
+        self.writer.flush()
+        from pipeline.training.curves import plot_curves  # noqa: PLC0415 - slow import
 
-            plot_curves(history, self.dir / "curves.png")
-        if save:
-            self.manager.save(checkpoint_number=len(history))
+        plot_curves(history, self.dir / "curves.png")
 
-    def what_is_kept(self, epochs_done: int) -> str:
-        """Where the last good state is, for an error that ends the run."""
-        if not self.dir:
-            return "nothing was saved (no --out)"
-        return f"the last good checkpoint (epoch {epochs_done}) is kept in {self.dir}"
+    def save(self, global_step: int, position: str) -> None:
+        """Writes a checkpoint numbered by the global step (collective: every worker calls
+        it at the same step); `position` says where in the run it is, for messages."""
+        if self.manager:
+            self._saved_at[self.manager.save(checkpoint_number=global_step)] = position
+
+    def describe_latest(self, position: str) -> None:
+        """Names where the restored checkpoint is in the run, for messages."""
+        if self.manager and self.manager.latest_checkpoint:
+            self._saved_at[self.manager.latest_checkpoint] = position
+
+    def what_is_kept(self) -> str:
+        """Where the last good state is, and how to go on from it."""
+        latest = self.manager and self.manager.latest_checkpoint
+        if not latest:
+            return "nothing was saved (no --out)" if not self.dir else "no checkpoint yet"
+        position = self._saved_at.get(latest)
+        name = Path(latest).name + (f" ({position})" if position else "")
+        return f"checkpoint {name} is kept in {self.dir}: run the same command again to resume"

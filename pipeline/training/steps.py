@@ -34,13 +34,22 @@ def _step_totals(per_example: tf.Tensor, logits: tf.Tensor, y: tf.Tensor) -> tup
 
 
 def make_train_step(
-    model, optimizer, inputs: Inputs, cfg: Config, strategy: tf.distribute.Strategy
+    model,
+    optimizer,
+    inputs: Inputs,
+    cfg: Config,
+    strategy: tf.distribute.Strategy,
+    stop_flag: tf.Variable | None = None,
 ) -> Callable:
     """Returns `train_steps(iterator, n) -> (loss_sum, correct, count)`, compiled.
 
     Runs `n` steps in one `tf.function` call (fewer Python round trips). Each replica's
     loss is its per-example losses summed and divided by the GLOBAL batch, so the sum the
     optimizer all-reduces is the global mean gradient, whatever the replica count.
+
+    With `stop_flag` (a boolean variable set from another thread, see preemption.py), a
+    call ends early, before the first step that starts after the flag is set; every
+    worker of a cluster agrees on that step. `count` / global batch is the steps done.
     """
     global_batch = float(cfg.data.batch_size)
     replicas = strategy.num_replicas_in_sync
@@ -76,16 +85,35 @@ def make_train_step(
         optimizer.apply(grads, variables)
         return totals
 
+    stop_requested = agreed_flag(stop_flag, strategy)
+
     @tf.function
     def train_steps(iterator, n):
         totals = tf.zeros([3])
         for _ in tf.range(n):
+            if stop_requested():
+                break
             x, y = next(iterator)
             out = strategy.run(replica_step, args=(x, y))
             totals += tf.stack([strategy.reduce("SUM", v, axis=None) for v in out])
         return totals
 
     return train_steps
+
+
+def agreed_flag(flag: tf.Variable | None, strategy: tf.distribute.Strategy) -> Callable:
+    """A graph-side reader of `flag`: False without one; on several workers, True when any
+    worker's flag is set (a sum over replicas), so all of them stop at the same step."""
+    if flag is None:
+        return lambda: tf.constant(False)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return flag.read_value
+
+    def any_worker():
+        per_replica = strategy.run(lambda: tf.cast(flag.read_value(), tf.float32))
+        return strategy.reduce("SUM", per_replica, axis=None) > 0
+
+    return any_worker
 
 
 def make_eval_step(

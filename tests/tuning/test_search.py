@@ -1,8 +1,11 @@
 import collections
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import keras_tuner as kt
 import pytest
@@ -102,30 +105,47 @@ def test_search_writes_best_resumes_and_reports(tmp_path):
 
 
 @pytest.mark.slow
-def test_distributed_search_with_two_local_workers(tmp_path):
+def test_distributed_search_survives_a_killed_worker(tmp_path):
     out = tmp_path / "d"
-    done = _tune(
-        "--tuner",
-        "random",
-        "--max-trials",
-        "3",
-        "--max-epochs",
-        "1",
-        "--out",
-        str(out),
-        "--local-workers",
-        "2",
-        *TINY_SEARCH,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    log = tmp_path / "log.txt"
+    cmd = [sys.executable, "-m", "scripts.tune", "--tuner", "random", "--max-trials", "3"]
+    cmd += ["--max-epochs", "2", "--out", str(out), "--local-workers", "2", *TINY_SEARCH]
+    cmd += ["--set", "data.synthetic_examples=1024"]
+    with log.open("w") as sink:
+        search = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+        )
+        deadline = time.monotonic() + 300
+        while "[trial" not in log.read_text():
+            assert search.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        victim = _tuner_pid(search.pid, "tuner1")
+        os.kill(victim, signal.SIGKILL)
+        assert search.wait(timeout=600) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert f"tuner1 (pid {victim}) was killed by SIGKILL; restarting it" in text
     best = json.loads((out / "best.json").read_text())
     assert best["finished_trials"] == 3
     # memory.jsonl gains a row (trial id, process) each time any worker finishes a trial:
-    # a trial run twice would show twice, however its history file was overwritten.
+    # the killed worker's trial is rerun by its restarted process, and finishes once.
     rows = [json.loads(line) for line in (out / "memory.jsonl").open()]
     runs = collections.Counter(row["trial_id"] for row in rows)
     assert len(runs) == 3 and set(runs.values()) == {1}, runs
     assert len({row["pid"] for row in rows}) >= 2, "both workers ran trials"
+
+
+def _tuner_pid(launcher: int, tuner_id: str) -> int:
+    """The pid of the launcher's child with KERASTUNER_TUNER_ID=tuner_id."""
+    for child in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
+        environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        if f"KERASTUNER_TUNER_ID={tuner_id}".encode() in environ:
+            return int(child)
+    raise AssertionError(f"no {tuner_id} among the children of {launcher}")
 
 
 def test_report_ranks_hyperparameters(tmp_path):

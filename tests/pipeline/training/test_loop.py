@@ -220,7 +220,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
     run.train(tiny_config(**{"train.epochs": 1, "train.out_dir": str(out)}), log=lambda s: None)
     before = tf.train.latest_checkpoint(str(out / "checkpoints"))
-    with pytest.raises(NonFiniteLossError, match="lower the learning rate.*epoch 1"):
+    kept = "lower the learning rate.*ckpt-8 \\(end of epoch 1\\)"
+    with pytest.raises(NonFiniteLossError, match=kept):
         run.train(
             tiny_config(**{"train.epochs": 2, "train.out_dir": str(out), "optim.lr": 1e12}),
             log=lambda s: None,
@@ -312,7 +313,7 @@ def test_kill_9_then_the_same_command_resumes(tmp_path):
         cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.time() + 180
-    while time.time() < deadline and not (out / "checkpoints" / "ckpt-2.index").exists():
+    while time.time() < deadline and len(list((out / "checkpoints").glob("ckpt-*.index"))) < 2:
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -351,21 +352,6 @@ def test_cli_exit_codes(tmp_path):
     assert strategy.returncode == 2, strategy.stderr
     assert "--cpu-replicas needs --strategy mirrored" in strategy.stderr
     assert "Traceback" not in strategy.stderr
-
-
-@pytest.mark.slow
-def test_two_local_workers_complete_an_epoch(tmp_path):
-    out = tmp_path / "mw"
-    done = subprocess.run(
-        _cli(*TINY, "--local-workers", "2", "--out", str(out)),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["replicas"] == 2 and len(metrics["history"]) == 1
 
 
 def test_bn_recalibration_refreshes_running_statistics():

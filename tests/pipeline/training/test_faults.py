@@ -1,0 +1,343 @@
+"""Faults: SIGTERM / SIGINT save the step reached, a lost worker ends a multi-worker run,
+local workers listen on loopback only, and one live run per output folder."""
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from pipeline.training import loop, out_claim, private_network, run, steps
+from tests.conftest import REPO, tiny_config
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+# Epochs long enough to be interrupted between two steps: 128 steps of 32 images, with
+# random shifts and flips (the resumed run must draw the same ones).
+EPOCHS_OF_MANY_STEPS = [
+    "--synthetic",
+    "--model",
+    "functional_two_layer_fc",
+    "--set",
+    "model.params.hidden=64",
+    "--set",
+    "data.synthetic_examples=4096",
+    "--set",
+    "data.augment.translate=2",
+    "--set",
+    "data.augment.flip=random",
+    "--batch-size",
+    "32",
+    "--quiet",
+    "--no-export",
+]
+STEPS_PER_EPOCH = 4096 // 32
+
+
+def _train(*args, out: Path, **kw) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "scripts.train", *args, "--out", str(out)],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+def _checkpoint_steps(out: Path) -> list[int]:
+    return sorted(int(p.name[5:-6]) for p in (out / "checkpoints").glob("ckpt-*.index"))
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"ended early ({proc.returncode}): {proc.stderr.read()[-3000:]}")
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _state(out: Path) -> dict:
+    """The latest checkpoint's variables: weights (Keras checkpoints them through the
+    optimizer), optimizer slots and step, epoch position; not the count of saves."""
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(out / "checkpoints")))
+    return {
+        k: reader.get_tensor(k)
+        for k in reader.get_variable_to_shape_map()
+        if not k.startswith(("_CHECKPOINTABLE_OBJECT_GRAPH", "save_counter"))
+    }
+
+
+def test_a_set_stop_flag_ends_the_call_before_its_next_step():
+    cfg = tiny_config()
+    strategy, inputs = run.prepare(cfg)
+    model = run.build(cfg, strategy)
+    length = inputs.run_length(1)
+    flag = tf.Variable(False)
+    trainer = loop.Trainer(model, inputs, cfg, strategy, length, flag)
+    trainer.start(0)
+    assert trainer.train_steps(3) == 3
+    flag.assign(True)
+    before = [v.numpy() for v in model.trainable_variables]
+    assert trainer.train_steps(3) == 0
+    for a, b in zip(before, model.trainable_variables, strict=True):
+        np.testing.assert_array_equal(a, b.numpy())
+    assert trainer.epoch_step == 3
+    assert not steps.agreed_flag(None, strategy)()
+
+
+def test_checkpoint_every_steps_saves_inside_epochs(tmp_path):
+    cfg = tiny_config(
+        **{
+            "train.epochs": 2,
+            "train.out_dir": str(tmp_path),
+            "train.checkpoint_every_steps": 3,
+            "train.keep_checkpoints": 10,
+        }
+    )
+    run.train(cfg, log=lambda s: None)
+    # 8 steps per epoch: saves at 3 and 6 inside each epoch, and at each epoch's end.
+    assert _checkpoint_steps(tmp_path) == [3, 6, 8, 11, 14, 16]
+
+
+@pytest.mark.slow
+def test_sigterm_mid_epoch_saves_that_step_and_the_resumed_run_matches(tmp_path):
+    stopped, whole = tmp_path / "stopped", tmp_path / "whole"
+    flags = [*EPOCHS_OF_MANY_STEPS, "--epochs", "2", "--set", "train.checkpoint_every_steps=8"]
+    proc = _train(*flags, out=stopped)
+    # Signal once epoch 2 has saved its step 8: training is then mid-epoch.
+    _wait_for(lambda: STEPS_PER_EPOCH + 8 in _checkpoint_steps(stopped), 240, proc)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-3000:]
+    assert time.monotonic() - sent < 30
+    saved = max(_checkpoint_steps(stopped))
+    assert STEPS_PER_EPOCH + 8 < saved < 2 * STEPS_PER_EPOCH, "saved where it stopped, mid-epoch"
+    assert f"stopped by SIGTERM at epoch 2, step {saved - STEPS_PER_EPOCH}/" in err
+    assert "run the same command again to resume" in err
+
+    resumed = _train(*flags, out=stopped)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err[-3000:]
+    assert f"resuming from the checkpoint of epoch 2, step {saved - STEPS_PER_EPOCH}/" in out
+    full = _train(*flags, out=whole)
+    _, err = full.communicate(timeout=300)
+    assert full.returncode == 0, err[-3000:]
+
+    a, b = _state(stopped), _state(whole)
+    assert a.keys() == b.keys()
+    assert any(k.startswith("optimizer/_trainable_variables/") for k in a)
+    for key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+    history = [json.loads((d / "history.json").read_text()) for d in (stopped, whole)]
+    for x, y in zip(*history, strict=True):
+        assert x["train_loss"] == pytest.approx(y["train_loss"], rel=1e-6)
+        assert x["val_accuracy"] == y["val_accuracy"]
+
+
+@pytest.mark.slow
+def test_sigint_saves_and_exits_130(tmp_path):
+    proc = _train(*EPOCHS_OF_MANY_STEPS, "--epochs", "3", out=tmp_path)
+    _wait_for(lambda: (tmp_path / "history.json").is_file(), 240, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert "stopped by SIGINT" in err and "Traceback" not in err
+    assert max(_checkpoint_steps(tmp_path)) >= STEPS_PER_EPOCH
+
+
+def _listening(pid: int) -> list[tuple[str, int]]:
+    """(address, port) of the listening TCP sockets process `pid` holds, read from
+    /proc/PID/net/tcp and tcp6 (its network namespace) and matched by socket inode."""
+    fd_dir = Path(f"/proc/{pid}/fd")
+    inodes = set()
+    for fd in fd_dir.iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    found = []
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:
+                found.append(_address(local))
+    return found
+
+
+def _address(hex_address: str) -> tuple[str, int]:
+    host, port = hex_address.split(":")
+    raw = bytes.fromhex(host)
+    # /proc prints each 32-bit word in host (little-endian) order.
+    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    return str(ipaddress.ip_address(raw)), int(port, 16)
+
+
+def _host_listening_ports() -> set[int]:
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/self/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A":
+                ports.add(_address(fields[1])[1])
+    return ports
+
+
+def _workers(launcher: int) -> dict[int, int]:
+    """{worker index: pid} of the launcher's children, from their TF_CONFIG."""
+    found = {}
+    for child in Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split():
+        environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        config = next((e[10:] for e in environ if e.startswith(b"TF_CONFIG=")), None)
+        if config:
+            found[json.loads(config)["task"]["index"]] = int(child)
+    return found
+
+
+@pytest.mark.slow
+def test_local_workers_loopback_only_sigterm_saves_all_and_a_lost_worker_ends_the_run(tmp_path):
+    """One 2-worker run, three launches: SIGTERM to the launcher stops both workers at one
+    saved step; the rerun resumes there until worker 1 is killed; the third completes."""
+    flags = [*EPOCHS_OF_MANY_STEPS, "--epochs", "3", "--local-workers", "2"]
+    flags += ["--set", "train.checkpoint_every_steps=16"]
+    proc = _train(*flags, out=tmp_path)
+    _wait_for(lambda: 16 in _checkpoint_steps(tmp_path), 240, proc)
+
+    workers = _workers(proc.pid)
+    assert sorted(workers) == [0, 1]
+    ports = set()
+    for pid in workers.values():
+        listening = _listening(pid)
+        assert listening, "the worker's server is up"
+        for address, port in listening:
+            ports.add(port)
+            loopback = ipaddress.ip_address(address).is_loopback
+            alone = private_network.interfaces(pid) == ["lo"]
+            assert loopback or alone, f"{address}:{port} is reachable from outside"
+        assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    assert not ports & _host_listening_ports(), "nothing listens in this machine's namespace"
+
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-3000:]
+    assert time.monotonic() - sent < 30
+    # Saving is collective: the chief's checkpoint exists only if both workers saved it.
+    saved = max(_checkpoint_steps(tmp_path))
+    epoch, step = saved // STEPS_PER_EPOCH + 1, saved % STEPS_PER_EPOCH
+    assert err.count(f"stopped by SIGTERM at epoch {epoch}, step {step}/") == 2, err[-3000:]
+
+    proc = _train(*flags, out=tmp_path)
+    _wait_for(lambda: max(_checkpoint_steps(tmp_path)) > saved, 240, proc)
+    workers = _workers(proc.pid)
+    os.kill(workers[1], signal.SIGKILL)
+    killed = time.monotonic()
+    out, err = proc.communicate(timeout=120)
+    assert time.monotonic() - killed < 120
+    assert f"resuming from the checkpoint of epoch {epoch}, step {step}/" in out
+    assert proc.returncode == 4, err[-3000:]
+    assert f"lost worker 1 (pid {workers[1]}), which was killed by SIGKILL" in err
+    kept = max(_checkpoint_steps(tmp_path))
+    assert f"Run the same command again to resume from ckpt-{kept}" in err
+
+    proc = _train(*flags, out=tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "resuming from the checkpoint of epoch" in out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["replicas"] == 2 and len(metrics["history"]) == 3
+
+
+HOLDER = (
+    "import sys, time; from pipeline.training import out_claim; out_claim.claim(sys.argv[1]); "
+    "print('held', flush=True); time.sleep(60)"
+)
+
+
+def _hold(out: Path) -> subprocess.Popen:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(out)], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_live_claim_refuses_others_and_a_dead_ones_is_taken_over(tmp_path):
+    out = tmp_path / "run"
+    holder = _hold(out)
+    try:
+        with pytest.raises(
+            out_claim.OutDirError, match=f"in use by another run \\(pid {holder.pid}"
+        ):
+            out_claim.claim(out)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (out / out_claim.LOCK_NAME).read_text().startswith(str(holder.pid))
+    said = []
+    out_claim.claim(out, log=said.append)
+    try:
+        assert said == [
+            f"took over {out.resolve() / '.lock'} from pid {holder.pid}, which is no longer running"
+        ]
+        assert (out / out_claim.LOCK_NAME).read_text().startswith(str(os.getpid()))
+    finally:
+        out_claim.release(out)
+    assert not (out / out_claim.LOCK_NAME).exists()
+
+
+@pytest.mark.slow
+def test_cli_into_a_busy_out_is_refused_before_loading_data(tmp_path):
+    holder = _hold(tmp_path)
+    try:
+        started = time.monotonic()
+        busy = _train(
+            "--model", "functional_two_layer_fc", "--data-dir", str(tmp_path / "none"), out=tmp_path
+        )
+        _, err = busy.communicate(timeout=120)
+        assert busy.returncode == 2, err[-2000:]
+        assert f"in use by another run (pid {holder.pid})" in err
+        assert "another --out" in err and time.monotonic() - started < 60
+    finally:
+        holder.kill()
+
+
+def _in_mount_namespace(script: str) -> subprocess.CompletedProcess:
+    """Runs `script` in a mount namespace of its own (unshare -m, with a user namespace
+    unless root), where it may mount small or read-only file systems."""
+    unshare = ["unshare", "-m"] if os.getuid() == 0 else ["unshare", "-rm"]
+    probe = subprocess.run([*unshare, "true"], capture_output=True)
+    if probe.returncode:
+        pytest.skip(f"no mount namespace here: {probe.stderr.decode().strip()}")
+    return subprocess.run(
+        [*unshare, "sh", "-c", script],
+        cwd=REPO,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options,why", [("ro", "read-only file system"), ("size=64k", "MiB free")])
+def test_a_read_only_or_full_out_fails_before_training(tmp_path, options, why):
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    train = f"{sys.executable} -m scripts.train --synthetic --epochs 1 --quiet --out {mnt}/run"
+    done = _in_mount_namespace(f"mount -t tmpfs -o {options} tmpfs {mnt} && exec {train}")
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"{mnt}" in done.stderr and why in done.stderr
+    assert "epoch 1/1" not in done.stdout, "refused before training"
