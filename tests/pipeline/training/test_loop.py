@@ -295,45 +295,83 @@ def test_resume_into_a_run_of_another_model_is_refused_and_keeps_its_files(tmp_p
     assert (out / "config.json").read_text() == saved
 
 
-def _recipe_flags(epochs: int) -> list[str]:
+def _recipe_flags(epochs: int, examples: int = 512) -> list[str]:
     flags = ["--synthetic", "--quiet", "--no-export", "--epochs", str(epochs)]
-    for key, value in RECIPE.items():
+    recipe = {**RECIPE, "data.synthetic_examples": examples}
+    for key, value in recipe.items():
         if key != "train.epochs":
             flags += ["--set", f"{key}={json.dumps(value) if isinstance(value, dict) else value}"]
     return flags
 
 
+def _checkpoint_steps(out: Path) -> list[int]:
+    return sorted(int(p.name[5:-6]) for p in (out / "checkpoints").glob("ckpt-*.index"))
+
+
+def _wait_for_checkpoint(proc, out: Path, after: int) -> None:
+    deadline = time.monotonic() + 240
+    while not any(step > after for step in _checkpoint_steps(out)):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
-def test_kill_9_then_the_same_command_resumes(tmp_path):
+def test_kill_9_then_sigterm_mid_epoch_then_the_run_ends_as_an_uninterrupted_one(tmp_path):
+    """kill -9 after a mid-epoch checkpoint, resume; SIGTERM mid-epoch (saves that step,
+    exits 143), resume; the final state equals an uninterrupted run's: weights, BN
+    statistics, momentum, EMA, step. 64 steps per epoch, a checkpoint every 8."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     out, full_out = tmp_path / "run", tmp_path / "uninterrupted"
-    epochs = 6
-    cmd = _cli(*_recipe_flags(epochs), "--out", str(out))
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 180
-    while time.time() < deadline and len(list((out / "checkpoints").glob("ckpt-*.index"))) < 2:
-        time.sleep(0.1)
+    steps_per_epoch, epochs = 64, 2
+    flags = [*_recipe_flags(epochs, examples=64 * 64), "--set", "train.checkpoint_every_steps=8"]
+
+    def start(folder):
+        return subprocess.Popen(
+            _cli(*flags, "--out", str(folder)),
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    proc = start(out)
+    _wait_for_checkpoint(proc, out, after=8)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    history = json.loads((out / "history.json").read_text())
-    assert len(history) < epochs, "the run ended before it could be killed"
-    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "resuming from the checkpoint of epoch" in done.stdout
-    history = json.loads((out / "history.json").read_text())
-    assert [r["epoch"] for r in history] == list(range(1, epochs + 1))
-    full = subprocess.run(
-        _cli(*_recipe_flags(epochs), "--out", str(full_out)),
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert full.returncode == 0, full.stderr[-2000:]
-    assert_same_state(checkpoint_values(out), checkpoint_values(full_out))
+    killed_at = max(_checkpoint_steps(out))
+    assert killed_at < steps_per_epoch, "killed inside the first epoch"
+
+    proc = start(out)
+    _wait_for_checkpoint(proc, out, after=steps_per_epoch + 8)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert time.monotonic() - sent < 30
+    assert proc.returncode == 143, stderr[-3000:]
+    assert f"resuming from the checkpoint of epoch 1, step {killed_at}/64" in stdout
+    saved = max(_checkpoint_steps(out))
+    assert steps_per_epoch + 8 < saved < 2 * steps_per_epoch, "saved where it stopped"
+    assert f"stopped by SIGTERM at epoch 2, step {saved - steps_per_epoch}/64" in stderr
+    assert "run the same command again to resume" in stderr
+
+    proc = start(out)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert f"resuming from the checkpoint of epoch 2, step {saved - steps_per_epoch}/64" in stdout
+    assert [r["epoch"] for r in json.loads((out / "history.json").read_text())] == [1, 2]
+    full = start(full_out)
+    _, stderr = full.communicate(timeout=300)
+    assert full.returncode == 0, stderr[-3000:]
+    resumed, uninterrupted = checkpoint_values(out), checkpoint_values(full_out)
+    for state in (resumed, uninterrupted):
+        del state["save_counter/.ATTRIBUTES/VARIABLE_VALUE"]  # the interrupted run saved more
+    assert_same_state(resumed, uninterrupted)
+    histories = [json.loads((d / "history.json").read_text()) for d in (out, full_out)]
+    for a, b in zip(*histories, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+        assert a["val_accuracy"] == b["val_accuracy"]
 
 
 @pytest.mark.slow
