@@ -294,3 +294,20 @@ def test_a_read_only_or_full_out_fails_before_training(tmp_path, options, why):
     assert done.returncode == 2, done.stderr[-3000:]
     assert f"{mnt}" in done.stderr and why in done.stderr
     assert "epoch 1/1" not in done.stdout, "refused before training"
+
+
+def test_without_a_private_namespace_local_workers_refuse_unless_the_risk_is_accepted(
+    monkeypatch,
+):
+    from pipeline.training import launch
+
+    def refuse():
+        raise private_network.NamespaceUnavailable(1, "Operation not permitted")
+
+    monkeypatch.setattr(private_network, "enter", refuse)
+    with pytest.raises(launch.LaunchError, match="--allow-exposed-workers") as refused:
+        launch.isolate(allow_exposed=False)
+    assert "Operation not permitted" in str(refused.value)
+    said = []
+    launch.isolate(allow_exposed=True, log=said.append)
+    assert "listen on every interface" in said[0] and "accepted" in said[0]
