@@ -57,7 +57,9 @@ class OptimConfig:
     weight_decay: float = 0.0  # decoupled, multiplied by the learning rate each step
     schedule: Literal["constant", "cosine", "onecycle"] = "constant"  # onecycle: linear up,
     # linear down
-    warmup_epochs: float = 0.0  # linear ramp from 0 to lr, then the schedule's decay
+    warmup_epochs: float = 0.0  # linear ramp up to lr, then the schedule's decay
+    warmup_start_fraction: float = 0.0  # where the ramp starts, as a fraction of lr
+    # (airbench94: 0.2)
     final_lr_fraction: float = 0.0  # lr at the last step, as a fraction of the peak
     label_smoothing: float = 0.0  # probability mass spread evenly over all classes
     bias_lr_scale: float = 1.0  # lr multiplier for biases and BN shifts (airbench uses 64)

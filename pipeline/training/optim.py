@@ -13,14 +13,16 @@ from pipeline.training import precision
 
 
 def lr_at(step, cfg: OptimConfig, length: RunLength):
-    """The learning rate at `step` (0-based): warm-up from 0, then the schedule's decay."""
+    """The learning rate at `step` (0-based): a linear warm-up from `warmup_start_fraction`
+    of the peak, then the schedule's decay."""
     step = tf.cast(step, tf.float32)
     total_steps = length.total_steps
     warmup = float(round(cfg.warmup_epochs * length.steps_per_epoch))
     peak, final = cfg.lr, cfg.lr * cfg.final_lr_fraction
     if cfg.schedule == "constant" and warmup == 0:
         return tf.fill([], tf.constant(peak, tf.float32))
-    up = peak * tf.minimum(1.0, (step + 1.0) / max(warmup, 1.0))
+    start = cfg.warmup_start_fraction
+    up = peak * (start + (1.0 - start) * tf.minimum(1.0, (step + 1.0) / max(warmup, 1.0)))
     progress = tf.clip_by_value((step - warmup) / max(total_steps - warmup, 1.0), 0.0, 1.0)
     if cfg.schedule == "cosine":
         down = final + (peak - final) * 0.5 * (1.0 + tf.cos(math.pi * progress))

@@ -160,14 +160,20 @@ def make_bn_recalibration(model, inputs: Inputs, cfg: Config, strategy) -> Calla
 
 def predict_logits(model, x: tf.Tensor, tta: str = "none") -> tf.Tensor:
     """float32 logits, averaged over test-time augmentations: "flip" adds the mirror image,
-    "flip_translate" also 1 px shifts of both (reflect padding)."""
+    "flip_translate" also 1 px shifts of both, up-left and down-right (reflect padding).
+
+    As airbench94 weighs them, the untranslated pair counts for half and the four shifted
+    views for the other half (measured: docs/experiments.md, "TTA view weights").
+    """
+    logits = lambda v: tf.cast(model(v, training=False), tf.float32)  # noqa: E731
     if tta == "none":
-        return tf.cast(model(x, training=False), tf.float32)
-    views = [x, tf.reverse(x, axis=[2])]
-    if tta == "flip_translate":
-        padded = [tf.pad(v, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT") for v in views]
-        views += [p[:, :-2, :-2] for p in padded] + [p[:, 2:, 2:] for p in padded]
-    return tf.add_n([tf.cast(model(v, training=False), tf.float32) for v in views]) / len(views)
+        return logits(x)
+    flip_mean = lambda v: (logits(v) + logits(tf.reverse(v, axis=[2]))) / 2  # noqa: E731
+    if tta == "flip":
+        return flip_mean(x)
+    padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+    shifted = (flip_mean(padded[:, :-2, :-2]) + flip_mean(padded[:, 2:, 2:])) / 2
+    return (flip_mean(x) + shifted) / 2
 
 
 def evaluate(eval_step: Callable, dataset, strategy) -> dict:

@@ -84,16 +84,20 @@ def test_tta_averages_flips_and_shifts():
     flipped = tf.reverse(x, axis=[2])
     expected = (model(x) + model(flipped)) / 2
     np.testing.assert_allclose(steps.predict_logits(model, x, "flip"), expected, atol=1e-5)
-    # flip_translate adds each view moved 1 px down-right and 1 px up-left, the uncovered
-    # edge filled by reflection; built here by index arithmetic, not the loop's padding.
+    # flip_translate adds the image moved 1 px down-right and 1 px up-left, the uncovered
+    # edge filled by reflection, and the mirror of each; built here by index arithmetic,
+    # not the loop's padding. As airbench94: the untranslated pair weighs half.
     six = steps.predict_logits(model, x, "flip_translate")
     n = np.arange(32)
     down_right = np.abs(n - 1)  # output row i shows input row i - 1; row -1 reflects to 1
     up_left = 31 - np.abs(30 - n)  # output row i shows input row i + 1; row 32 reflects to 30
-    views = []
-    for v in (x.numpy(), x.numpy()[:, :, ::-1]):
-        views += [v, v[:, down_right][:, :, down_right], v[:, up_left][:, :, up_left]]
-    expected = np.mean([model(v).numpy() for v in views], axis=0)
+    v = x.numpy()
+    views, weights = [v, v[:, :, ::-1]], [1 / 4, 1 / 4]
+    for shift in (down_right, up_left):
+        moved = v[:, shift][:, :, shift]
+        views += [moved, moved[:, :, ::-1]]
+        weights += [1 / 8, 1 / 8]
+    expected = sum(w * model(v).numpy() for w, v in zip(weights, views, strict=True))
     np.testing.assert_allclose(six, expected, atol=1e-5)
 
 

@@ -1,4 +1,5 @@
 import collections
+import dataclasses
 import json
 import os
 import signal
@@ -121,6 +122,11 @@ def test_schedules():
     assert float(optim.lr_at(100, cos, length)) == pytest.approx(0.0, abs=1e-6)
     assert float(optim.lr_at(60, one, length)) == pytest.approx(0.55)
     assert float(optim.lr_at(5, OptimConfig(lr=0.3), length)) == pytest.approx(0.3)
+    # airbench94's warm-up starts at 0.2 of the peak: step 9 of 20 is 0.2 + 0.8 * 10/20;
+    # after the warm-up the schedule is the same.
+    from_fifth = dataclasses.replace(one, warmup_start_fraction=0.2)
+    assert float(optim.lr_at(9, from_fifth, length)) == pytest.approx(0.6)
+    assert float(optim.lr_at(60, from_fifth, length)) == pytest.approx(0.55)
 
 
 def test_label_smoothing_loss():
