@@ -64,9 +64,11 @@ def experiment_config(args: argparse.Namespace, default_model: str):
 
 
 def add_local_workers_args(parser: argparse.ArgumentParser, help_text: str) -> None:
+    from pipeline.training.launch import EXPOSED_FLAG  # noqa: PLC0415 - no TensorFlow
+
     parser.add_argument("--local-workers", type=int, default=0, help=help_text)
     parser.add_argument(
-        "--allow-exposed-workers",
+        EXPOSED_FLAG,
         action="store_true",
         help="with --local-workers where no private network namespace can be made: accept "
         "servers listening on every interface (trusted networks only)",
@@ -132,10 +134,19 @@ def run_cli(main: Callable[[], int | None]) -> Callable[[], int]:
     return wrapped
 
 
-def prepare_data_in_child(cfg) -> None:
-    """Makes tfds CIFAR-10 ready (`cifar-data prepare`) in a child process, so that this
-    one stays free of TensorFlow's threads (launch.py needs a single thread) and the
-    processes started later, without network, find it."""
+def before_local_launch(out: str | None, data) -> None:
+    """What a `--local-workers` launcher does before it starts its processes: claims
+    `out` for them, and makes tfds CIFAR-10 ready (`cifar-data prepare`) in a child
+    process, so that this one stays free of TensorFlow's threads (launch.py needs a single
+    thread) and the processes, in a namespace without network, find it."""
+    from pipeline.training import out_claim  # noqa: PLC0415 - no TensorFlow
+
+    if out:
+        out_claim.claim(out)
+    _prepare_data_in_child(data)
+
+
+def _prepare_data_in_child(cfg) -> None:
     if cfg.source != "tfds":
         return
     cmd = [sys.executable, "-m", "scripts.data", "prepare"]

@@ -12,7 +12,9 @@ models, experiments and config keys.
 --out DIR gets config.json, metrics.json, history.json, checkpoints/, tensorboard/,
 curves.png and at the end export/ (a SavedModel for cifar-predict; --no-export skips it);
 rerunning the same command resumes from the last checkpoint.
-Exit codes: 0 done, 2 bad input (message says the fix), 3 training diverged (NaN/inf).
+Exit codes: 0 done, 2 bad input (message says the fix), 3 training diverged (NaN/inf),
+4 a worker of a multi-worker run was lost, 143 / 130 stopped by SIGTERM / SIGINT after
+saving the step reached (rerunning resumes after 4, 143 and 130).
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ from scripts.common import (
     add_experiment_args,
     add_local_workers_args,
     add_override_arg,
+    before_local_launch,
     command_parser,
     data_overrides,
     experiment_config,
-    prepare_data_in_child,
     run_cli,
 )
 
@@ -105,11 +107,9 @@ def list_choices() -> None:
 def launch_local_workers(args: argparse.Namespace, cfg: Config) -> int:
     """Claims --out, prepares the data while the network is at hand, then runs the
     workers in a private network namespace (see pipeline/training/launch.py)."""
-    from pipeline.training import launch, out_claim  # noqa: PLC0415 - no TensorFlow
+    from pipeline.training import launch  # noqa: PLC0415 - no TensorFlow
 
-    if cfg.train.out_dir:
-        out_claim.claim(cfg.train.out_dir)
-    prepare_data_in_child(cfg.data)
+    before_local_launch(cfg.train.out_dir, cfg.data)
     return launch.run_local_workers(
         args.local_workers, sys.argv[1:], cfg.train.out_dir, args.allow_exposed_workers
     )

@@ -25,9 +25,9 @@ from scripts.common import (
     add_data_args,
     add_local_workers_args,
     add_override_arg,
+    before_local_launch,
     command_parser,
     data_overrides,
-    prepare_data_in_child,
     run_cli,
 )
 from tuning import TUNERS
@@ -102,11 +102,9 @@ def main() -> int:
     if args.action == "retrain":
         return retrain(args)
     if args.local_workers:
-        from pipeline.training import out_claim  # noqa: PLC0415 - no TensorFlow
         from tuning.local import local_search  # noqa: PLC0415
 
-        out_claim.claim(args.out)
-        prepare_data_in_child(base_config(args).data)
+        before_local_launch(args.out, base_config(args).data)
         return local_search(args.local_workers, sys.argv[1:], args.allow_exposed_workers)
     from tuning.search import search  # noqa: PLC0415
 

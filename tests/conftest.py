@@ -88,6 +88,21 @@ def pytest_configure(config):
     split_cpu(2)
 
 
+# tiny_config's run as cifar-train flags (later `--set`s override these).
+TINY = [
+    "--synthetic",
+    "--model",
+    "functional_two_layer_fc",
+    "--set",
+    "model.params.hidden=64",
+    "--set",
+    "data.synthetic_examples=512",
+    "--batch-size",
+    "32",
+    "--quiet",
+]
+
+
 def tiny_config(**updates):
     """A config that trains in seconds: synthetic data, a narrow FC, small batches."""
     from pipeline.config import Config, override

@@ -28,21 +28,21 @@ POLL_SECONDS = 0.2
 # collectives fail at once when the peer's connection resets) before they are killed.
 GRACE_SECONDS = 15.0
 PR_SET_PDEATHSIG = 1
-EXPOSED_FLAG = "--allow-exposed-workers"  # scripts/common.py defines it
+EXPOSED_FLAG = "--allow-exposed-workers"  # the flag that accepts servers on every interface
 
 
 class LaunchError(UserError):
     """The local processes cannot be started as asked; the message says the fix."""
 
 
-def strip_flag(argv: list[str], flag: str, takes_value: bool = True) -> list[str]:
-    """argv without `flag VALUE` / `flag=VALUE` (or the bare `flag`)."""
+def strip_flag(argv: list[str], flag: str) -> list[str]:
+    """argv without `flag VALUE` / `flag=VALUE`."""
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
         elif a == flag:
-            skip = takes_value
+            skip = True
         elif not a.startswith(flag + "="):
             out.append(a)
     return out

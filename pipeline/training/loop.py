@@ -54,15 +54,12 @@ class Trainer:
             self._epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False)
             # The epoch in progress: loss sum, correct, examples, seconds.
             self._epoch_totals = tf.Variable(tf.zeros([4], tf.float64), trainable=False)
-        self.weights_checkpoint = tf.train.Checkpoint(
-            model=model, optimizer=self.optimizer, epoch=self._epochs_done
-        )
+        # What the weights need (all a checkpoint of an older version holds), and what a
+        # resume needs besides.
+        weights = {"model": model, "optimizer": self.optimizer, "epoch": self._epochs_done}
+        self.weights_checkpoint = tf.train.Checkpoint(**weights)
         self.checkpoint = tf.train.Checkpoint(
-            model=model,
-            optimizer=self.optimizer,
-            epoch=self._epochs_done,
-            epoch_step=self._epoch_step,
-            epoch_totals=self._epoch_totals,
+            **weights, epoch_step=self._epoch_step, epoch_totals=self._epoch_totals
         )
         self._train_steps = steps.make_train_step(
             model, self.optimizer, inputs, cfg, strategy, stop_flag
@@ -91,6 +88,16 @@ class Trainer:
     @property
     def global_step(self) -> int:
         return self.epochs_done * self.length.steps_per_epoch + self.epoch_step
+
+    @property
+    def position(self) -> str:
+        """Where training stands, for messages: "epoch 3, step 17/97" or "end of epoch 2"."""
+        if self.epoch_step:
+            return (
+                f"epoch {self.epochs_done + 1}, step {self.epoch_step}/"
+                f"{self.length.steps_per_epoch}"
+            )
+        return f"end of epoch {self.epochs_done}"
 
     @property
     def epoch_complete(self) -> bool:
@@ -151,12 +158,6 @@ class Trainer:
         self._epoch_step.assign(0)
         self._epoch_totals.assign(tf.zeros([4], tf.float64))
         return row
-
-    def train_epoch(self, progress: keras.utils.Progbar | None = None) -> dict:
-        """Trains the rest of the epoch in progress and scores it (see `end_epoch`)."""
-        while not self.epoch_complete:
-            self.train_steps(STEPS_PER_CALL, progress)
-        return self.end_epoch()
 
     def evaluate(self, split: str, tta: str | None = None) -> dict:
         """{"loss", "accuracy"} on `split`, with the run's test-time augmentation unless
@@ -231,13 +232,10 @@ def fit(
     )
     history = run_dir.restore()[: trainer.epochs_done]
     start = trainer.epochs_done or initial_epoch
-    if trainer.epoch_step:
-        position = f"epoch {start + 1}, step {trainer.epoch_step}/{length.steps_per_epoch}"
-        run_dir.describe_latest(position)
-        log(f"resuming from the checkpoint of {position} in {tcfg.out_dir}")
-    elif trainer.epochs_done:
-        run_dir.describe_latest(f"end of epoch {start}")
-        log(f"resuming from the checkpoint of epoch {start} in {tcfg.out_dir}")
+    if trainer.epochs_done or trainer.epoch_step:
+        run_dir.describe_latest(trainer.position)
+        where = trainer.position if trainer.epoch_step else f"epoch {start}"
+        log(f"resuming from the checkpoint of {where} in {tcfg.out_dir}")
     trainer.start(start)
     hooks = keras.callbacks.CallbackList(
         callbacks or [],
@@ -256,7 +254,7 @@ def fit(
             stop = bool(trainer.stop_agreed())  # a signal during the epoch's last steps or val
             due = epoch + 1 == length.epochs or (epoch + 1 - start) % tcfg.checkpoint_every == 0
             if due or stop:
-                run_dir.save(trainer.global_step, f"end of epoch {epoch + 1}")
+                run_dir.save(trainer.global_step, trainer.position)
             log(_summary(row, length.epochs))
             hooks.on_epoch_end(epoch, {k: v for k, v in row.items() if k != "epoch"})
             if stop:
@@ -268,8 +266,8 @@ def fit(
     return {**result, "wall_seconds": time.perf_counter() - wall}
 
 
-# What collective ops raise when a peer dies, hangs past the collective timeout, or the
-# cluster's health check aborts them.
+# What collective ops raise when a peer dies, or when the coordination service finds that
+# a peer stopped sending heartbeats and aborts them.
 _PEER_ERRORS = (
     tf.errors.UnavailableError,
     tf.errors.DeadlineExceededError,
@@ -312,12 +310,11 @@ def _train_rest_of_epoch(trainer: Trainer, run_dir: RunDirectory, stops, tcfg: T
             done = trainer.train_steps(limit, progress)
         except NonFiniteLossError as e:
             raise NonFiniteLossError(f"{e}; {run_dir.what_is_kept()}") from None
-        position = f"epoch {trainer.epochs_done + 1}, step {trainer.epoch_step}/{n_steps}"
         if done < limit:  # the call stopped early: a stop every worker agreed on
-            run_dir.save(trainer.global_step, position)
-            stops.raise_stopped(f"at {position}", run_dir.what_is_kept())
+            run_dir.save(trainer.global_step, trainer.position)
+            stops.raise_stopped(f"at {trainer.position}", run_dir.what_is_kept())
         if every and trainer.epoch_step % every == 0 and not trainer.epoch_complete:
-            run_dir.save(trainer.global_step, position)
+            run_dir.save(trainer.global_step, trainer.position)
 
 
 def _progress_bar(tcfg: TrainConfig, n_steps: int) -> keras.utils.Progbar:

@@ -36,10 +36,6 @@ class StopRequests:
         self._lock = threading.Lock()
         self._saved: dict | None = None
 
-    @property
-    def requested(self) -> bool:
-        return self.signum is not None
-
     def request(self, signum: int) -> None:
         with self._lock:
             if self.signum is not None:

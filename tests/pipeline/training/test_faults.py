@@ -15,26 +15,19 @@ import pytest
 import tensorflow as tf
 
 from pipeline.training import loop, out_claim, private_network, run, steps
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, TINY, tiny_config
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 # Epochs long enough to be interrupted between two steps: 128 steps of 32 images, with
 # random shifts and flips (the resumed run must draw the same ones).
 EPOCHS_OF_MANY_STEPS = [
-    "--synthetic",
-    "--model",
-    "functional_two_layer_fc",
-    "--set",
-    "model.params.hidden=64",
+    *TINY,
     "--set",
     "data.synthetic_examples=4096",
     "--set",
     "data.augment.translate=2",
     "--set",
     "data.augment.flip=random",
-    "--batch-size",
-    "32",
-    "--quiet",
     "--no-export",
 ]
 STEPS_PER_EPOCH = 4096 // 32

@@ -17,7 +17,7 @@ from pipeline.config import OptimConfig
 from pipeline.errors import NonFiniteLossError
 from pipeline.run_length import RunLength
 from pipeline.training import keras_fit, loop, optim, precision, run, steps
-from tests.conftest import REPO, tiny_config
+from tests.conftest import REPO, TINY, tiny_config
 
 
 def _weights(cfg, strategy_name="default", replicas=0):
@@ -275,20 +275,6 @@ def test_keras_fit_refuses_what_it_would_ignore(key, value):
 
 def _cli(*args, **kw):
     return [sys.executable, "-m", "scripts.train", *args]
-
-
-TINY = [
-    "--synthetic",
-    "--model",
-    "functional_two_layer_fc",
-    "--set",
-    "model.params.hidden=64",
-    "--set",
-    "data.synthetic_examples=512",
-    "--batch-size",
-    "32",
-    "--quiet",
-]
 
 
 def test_resume_into_a_run_of_another_model_is_refused_and_keeps_its_files(tmp_path):
