@@ -30,6 +30,37 @@ STEMS = ("whiten", "conv", "none")
 POOLS = ("max", "avg")
 HEADS = ("max", "avg", "flatten")
 ACTIVATIONS = ("gelu", "relu")
+INITS = ("airbench", "glorot")
+
+
+@keras.saving.register_keras_serializable(package="cifar_pipeline")
+class DiracUniform(keras.initializers.Initializer):
+    """airbench94's conv initialisation: PyTorch's default, uniform in +-1/sqrt(fan_in), with
+    the first min(in, out) filters replaced by identities (`torch.nn.init.dirac_`): filter i
+    passes input channel i through its centre tap. A 3x3 conv with as many outputs as
+    inputs starts as the identity."""
+
+    def __init__(self, seed=None):
+        self.seed = seed
+
+    def __call__(self, shape, dtype=None):
+        kh, kw, cin, cout = shape
+        n = min(cin, cout)
+        identity = np.zeros(shape, np.float32)
+        identity[kh // 2, kw // 2, np.arange(n), np.arange(n)] = 1.0
+        keep = np.ones(shape, np.float32)
+        keep[..., :n] = 0.0
+        random = torch_default_init(self.seed)(shape, dtype)
+        return random * keras.ops.convert_to_tensor(keep, dtype) + identity
+
+    def get_config(self):
+        return {"seed": self.seed}
+
+
+def torch_default_init(seed=None) -> keras.initializers.Initializer:
+    """PyTorch's default for Conv2d and Linear weights: uniform in +-1/sqrt(fan_in)
+    (kaiming_uniform with a = sqrt(5)); airbench94's head keeps it."""
+    return keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform", seed=seed)
 
 
 def _check_choices(**named: tuple) -> None:
@@ -66,8 +97,9 @@ def _bn(batch_norm: bool, frozen_scale: bool, momentum: float, name: str, fused:
 def whitening_kernel(images: np.ndarray, eps: float = 5e-4) -> np.ndarray:
     """A 2x2 conv kernel (2, 2, 3, 24) that whitens 2x2 patches of `images`.
 
-    Eigenvectors of the patch covariance, each scaled by 1/sqrt(eigenvalue + eps), with
-    its negative beside it (so a following GELU/ReLU keeps both signs).
+    Eigenvectors of the patches' second moment (airbench94's "covariance", not centred:
+    the images are already normalised), each scaled by 1/sqrt(eigenvalue + eps), with its
+    negative beside it (so a following GELU/ReLU keeps both signs).
 
     Args:
         images: (N, 32, 32, 3) normalised float images (airbench uses 5,000).
@@ -79,7 +111,6 @@ def whitening_kernel(images: np.ndarray, eps: float = 5e-4) -> np.ndarray:
         [x[:, i : h - p + 1 + i, j : w - p + 1 + j, :] for i in range(p) for j in range(p)], axis=3
     )  # (N, H', W', 4, C)
     patches = patches.reshape(-1, p * p * c)
-    patches -= patches.mean(axis=0)
     cov = patches.T @ patches / len(patches)
     eigenvalues, eigenvectors = np.linalg.eigh(cov)
     filters = eigenvectors.T[::-1] / np.sqrt(eigenvalues[::-1, None] + eps)  # (12, 12)
@@ -113,19 +144,23 @@ def custom_convnet(
     stem: str = "whiten",  # "whiten" (frozen 2x2, set by `whiten_stem`) | "conv" | "none"
     batch_norm: bool = True,
     frozen_bn_scale: bool = True,
-    bn_momentum: float = 0.4,  # Keras convention: weight of the running value (PyTorch 0.6)
+    bn_momentum: float = 0.6,  # Keras convention: the running value's weight; airbench94's
+    # BatchNorm(momentum=0.6) passes PyTorch momentum 1 - 0.6 = 0.4, the new batch's weight
     pool: str = "max",  # "max" | "avg": halves each stage's resolution
     residual: bool = False,  # add a skip around each stage's later convs
     head: str = "max",  # "max" | "avg" (global pooling) | "flatten"
     dropout: float = 0.0,
     activation: str = "gelu",
     logit_scale: float = 1 / 9,  # airbench scales logits down; keeps early softmax soft
+    init: str = "airbench",  # "airbench": DiracUniform convs, PyTorch's default head; "glorot"
     fused: bool = True,  # fused BN + GELU kernels (models/fast_layers.py); False = stock Keras
     sync_bn: bool = True,  # with >1 replicas, BN statistics of the global batch (N replicas
     # train as one); costs an all-reduce per BN layer and the unfused kernel
 ):
     _check_choices(size=(size, SIZES), stem=(stem, STEMS), pool=(pool, POOLS), head=(head, HEADS))
-    _check_choices(activation=(activation, ACTIVATIONS))
+    _check_choices(activation=(activation, ACTIVATIONS), init=(init, INITS))
+    airbench_init = init == "airbench"
+    conv_init = DiracUniform() if airbench_init else "glorot_uniform"
     widths = list(widths or SIZES[size])
     inputs = keras.Input((32, 32, 3))
     x = inputs
@@ -134,12 +169,24 @@ def custom_convnet(
         x = keras.layers.Conv2D(2 * WHITEN_EIGEN, WHITEN_PATCH, padding="valid", name="whiten")(x)
         x = _activation(activation, fused)(x)
     elif stem == "conv":
-        x = keras.layers.Conv2D(widths[0] // 2, 3, padding="same", use_bias=False, name="stem")(x)
+        x = keras.layers.Conv2D(
+            widths[0] // 2,
+            3,
+            padding="same",
+            use_bias=False,
+            kernel_initializer=conv_init,
+            name="stem",
+        )(x)
         x = _activation(activation, fused)(x)
     for s, width in enumerate(widths):
         for d in range(depth):
             y = keras.layers.Conv2D(
-                width, kernel_size, padding="same", use_bias=False, name=f"stage{s}_conv{d}"
+                width,
+                kernel_size,
+                padding="same",
+                use_bias=False,
+                kernel_initializer=conv_init,
+                name=f"stage{s}_conv{d}",
             )(x)
             if d == 0:
                 y = (keras.layers.MaxPooling2D if pool == "max" else keras.layers.AveragePooling2D)(
@@ -159,7 +206,10 @@ def custom_convnet(
         )()(x)
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
-    logits = keras.layers.Dense(num_classes, use_bias=False, name="head")(x)
+    head_init = torch_default_init() if airbench_init else "glorot_uniform"
+    logits = keras.layers.Dense(
+        num_classes, use_bias=False, kernel_initializer=head_init, name="head"
+    )(x)
     if logit_scale != 1:
         logits = keras.layers.Rescaling(logit_scale, name="logit_scale")(logits)
     model = keras.Model(inputs, logits, name="custom_convnet")

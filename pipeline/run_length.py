@@ -3,23 +3,33 @@ the loop alike (big_vision's `u.steps`), so none of them can disagree."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class RunLength:
     steps_per_epoch: int  # batches per epoch, after any cut
-    epochs: int
+    total_steps: int  # the run's steps; the last epoch is partial when epochs are fractional
 
     @property
-    def total_steps(self) -> int:
-        return self.steps_per_epoch * self.epochs
+    def epochs(self) -> int:
+        """Epochs begun, the last of them possibly partial (9.9 epochs: 10)."""
+        return -(-self.total_steps // self.steps_per_epoch)
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        """Steps of 0-based `epoch`: a full epoch's, or what is left of the run."""
+        return max(0, min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch))
 
 
-def run_length(train_examples: int, batch_size: int, epochs: int, cut: int = 0) -> RunLength:
-    """Full batches per epoch (the remainder is dropped), cut to `cut` steps when > 0.
+def run_length(train_examples: int, batch_size: int, epochs: float, cut: int = 0) -> RunLength:
+    """Full batches per epoch (the remainder is dropped), cut to `cut` steps when > 0;
+    `epochs` may be fractional: ceil(steps_per_epoch * epochs) steps in all, as airbench94
+    counts its 9.9 epochs (48 * 9.9 -> 476 steps).
 
     A cut epoch is still a fresh shuffle of the whole split: its first `cut` batches.
     """
     steps = train_examples // batch_size
-    return RunLength(min(steps, cut) if cut else steps, epochs)
+    steps = min(steps, cut) if cut else steps
+    # round() first: 48 * 10.0 must not become 481 through a float's last digit.
+    return RunLength(steps, math.ceil(round(steps * epochs, 6)))

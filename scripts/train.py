@@ -52,7 +52,7 @@ FLAGS = {  # flag -> config key
 def parse(argv=None) -> argparse.Namespace:
     p = command_parser("cifar-train", __doc__)
     add_experiment_args(p)
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--epochs", type=float, help="may be fractional (9.9: airbench94's 476 steps)")
     p.add_argument("--batch-size", type=int, help="global batch, over all replicas")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--precision", choices=choices("train.precision"))
@@ -86,8 +86,8 @@ def build_config(args: argparse.Namespace) -> Config:
         updates["train.export"] = False
     cfg = override(cfg, updates)
     cfg = override(cfg, parse_overrides(args.set))
-    if cfg.train.epochs < 1:
-        raise ConfigError(f"--epochs must be >= 1, got {cfg.train.epochs}")
+    if not cfg.train.epochs > 0:
+        raise ConfigError(f"--epochs must be > 0 (e.g. 10 or 9.9), got {cfg.train.epochs}")
     return cfg
 
 

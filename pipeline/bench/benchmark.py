@@ -52,7 +52,7 @@ DATA_EPOCHS = 10_000  # more than any benchmark reads: the data never runs out m
 
 def schedule_length(steps: int) -> RunLength:
     """The learning-rate schedule every contender follows: 10 epochs of `steps` steps."""
-    return RunLength(steps, 10)
+    return RunLength(steps, 10 * steps)
 
 
 def fresh_model_and_optimizer(cfg, strategy, inputs, steps: int) -> tuple:

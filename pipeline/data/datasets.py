@@ -32,16 +32,18 @@ class Inputs:
     # and rebuilding them every epoch and every search trial kept ratcheting memory up.
     _eval_datasets: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
-    def run_length(self, epochs: int, cut: int = 0) -> RunLength:
-        """`epochs` of this training split's full batches, each cut to `cut` steps if > 0."""
+    def run_length(self, epochs: float, cut: int = 0) -> RunLength:
+        """`epochs` (fractional too) of this training split's full batches, each cut to
+        `cut` steps if > 0."""
         return run_length(len(self.splits.train.labels), self.cfg.batch_size, epochs, cut)
 
     def train_dataset_fn(
         self, length: RunLength, start_epoch: int = 0, start_step: int = 0
     ) -> Callable:
         """A `dataset_fn(input_context)` for `strategy.distribute_datasets_from_function`:
-        epochs `start_epoch` to `length.epochs` of exactly `length.steps_per_epoch` steps,
-        the first of them from its step `start_step` on (a run resumed mid-epoch).
+        epochs `start_epoch` to `length.epochs` of `length.steps_per_epoch` steps (the last
+        one cut where the run's `total_steps` end), the first of them from its step
+        `start_step` on (a run resumed mid-epoch).
 
         Each epoch's order is a stateless shuffle of (seed, epoch), so a resumed run sees
         exactly the batches it would have seen, cut epochs included. Every global batch is
@@ -121,6 +123,8 @@ def train_dataset(
     batches = tf.data.Dataset.range(start_epoch, length.epochs).flat_map(epoch_batches)
     # Skipped as indices, before any image is gathered or augmented.
     batches = batches.skip(start_step * local)
+    # A fractional last epoch: the run ends mid-epoch, as airbench94's 9.9 epochs do.
+    batches = batches.take((length.total_steps - start_epoch * steps - start_step) * local)
     gather = _memory_gather(splits.train)
     # XLA fuses shift, flip, cast and normalise into one pass instead of one per op.
     preprocess = tf.function(

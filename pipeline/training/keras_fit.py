@@ -33,6 +33,9 @@ def fit_with_keras(model, inputs: Inputs, cfg: Config, strategy, log=print) -> d
         "optim.bias_lr_scale": cfg.optim.bias_lr_scale != 1.0,
         "optim.ema_decay": cfg.optim.ema_decay != 0.0,
         "train.bn_recalibration_batches": cfg.train.bn_recalibration_batches != 0,
+        "optim.lookahead_every": cfg.optim.lookahead_every != 0,
+        "optim.whiten_bias_epochs": cfg.optim.whiten_bias_epochs != 0,
+        "train.epochs": cfg.train.epochs != int(cfg.train.epochs),  # model.fit: whole epochs
     }
     asked = [key for key, on in ignored.items() if on]
     if asked:
@@ -41,7 +44,7 @@ def fit_with_keras(model, inputs: Inputs, cfg: Config, strategy, log=print) -> d
             "custom, or reset them (e.g. --set optim.bias_lr_scale=1)"
         )
     length = inputs.run_length(cfg.train.epochs, cfg.train.steps_per_epoch)
-    steps = length.steps_per_epoch
+    steps, epochs = length.steps_per_epoch, length.epochs
     with strategy.scope():
         model.compile(
             optimizer=optim.build_optimizer(cfg, length),
@@ -53,7 +56,7 @@ def fit_with_keras(model, inputs: Inputs, cfg: Config, strategy, log=print) -> d
     t0 = time.perf_counter()
     keras_history = model.fit(
         train_ds,
-        epochs=cfg.train.epochs,
+        epochs=epochs,
         steps_per_epoch=steps,
         validation_data=inputs.eval_dataset("val") if has_val else None,
         verbose=2 if cfg.train.progress != "none" else 0,
@@ -70,13 +73,13 @@ def fit_with_keras(model, inputs: Inputs, cfg: Config, strategy, log=print) -> d
                 if has_val
                 else {}
             ),
-            "seconds": seconds / cfg.train.epochs,
+            "seconds": seconds / epochs,
         }
-        for e in range(cfg.train.epochs)
+        for e in range(epochs)
     ]
     result = {
         "history": history,
-        "train_images_per_second": steps * cfg.train.epochs * cfg.data.batch_size / seconds,
+        "train_images_per_second": steps * epochs * cfg.data.batch_size / seconds,
     }
     if has_val:
         result["val_accuracy"] = history[-1]["val_accuracy"]

@@ -21,7 +21,7 @@ from pipeline.config import Config, TrainConfig
 from pipeline.data.datasets import Inputs
 from pipeline.errors import NonFiniteLossError, WorkerLostError
 from pipeline.run_length import RunLength
-from pipeline.training import distribute, optim, preemption, steps
+from pipeline.training import actions, distribute, optim, preemption, steps
 from pipeline.training.run_dir import RunDirectory
 
 STEPS_PER_CALL = 50  # train steps per tf.function call: fewer Python round trips
@@ -30,10 +30,11 @@ STEPS_PER_CALL = 50  # train steps per tf.function call: fewer Python round trip
 class Trainer:
     """A model with its optimizer, compiled steps and training data, for one run length.
 
-    `checkpoint` holds everything a resume needs: model, optimizer, epochs done, and the
-    position inside the epoch in progress with that epoch's running totals, so a run
-    stopped mid-epoch resumes at its next step. `start` positions the data there;
-    `train_steps` trains some of the epoch's steps; `end_epoch` scores it.
+    `checkpoint` holds everything a resume needs: model, optimizer, epochs done, the
+    position inside the epoch in progress with that epoch's running totals (so a run
+    stopped mid-epoch resumes at its next step), and the actions' state. `start` positions
+    the data there; `train_steps` trains some of the epoch's steps and runs the actions
+    due after them; `end_epoch` scores it.
     """
 
     def __init__(
@@ -49,7 +50,9 @@ class Trainer:
         self.strategy, self.length = strategy, length
         with strategy.scope():
             self.optimizer = optim.build_optimizer(cfg, length)
-            self.optimizer.build(steps.trainable(model))
+            # Every variable trained at some point: an action may freeze some later.
+            self._optimized = steps.trainable(model)
+            self.optimizer.build(self._optimized)
             self._epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False)
             self._epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False)
             # The epoch in progress: loss sum, correct, examples, seconds.
@@ -57,13 +60,16 @@ class Trainer:
         # What the weights need (all a checkpoint of an older version holds), and what a
         # resume needs besides.
         weights = {"model": model, "optimizer": self.optimizer, "epoch": self._epochs_done}
+        self.actions = actions.from_config(cfg, model, length, strategy)
         self.weights_checkpoint = tf.train.Checkpoint(**weights)
         self.checkpoint = tf.train.Checkpoint(
-            **weights, epoch_step=self._epoch_step, epoch_totals=self._epoch_totals
+            **weights,
+            epoch_step=self._epoch_step,
+            epoch_totals=self._epoch_totals,
+            **self.actions.state(),
         )
-        self._train_steps = steps.make_train_step(
-            model, self.optimizer, inputs, cfg, strategy, stop_flag
-        )
+        self._stop_flag = stop_flag
+        self._train_steps, self._trained = None, ()
         self.stop_agreed = tf.function(steps.agreed_flag(stop_flag, strategy))
         self._eval_steps: dict[str, Callable] = {}
         self._recalibrate = steps.make_bn_recalibration(model, inputs, cfg, strategy)
@@ -87,21 +93,24 @@ class Trainer:
 
     @property
     def global_step(self) -> int:
-        return self.epochs_done * self.length.steps_per_epoch + self.epoch_step
+        done = min(self.epochs_done * self.length.steps_per_epoch, self.length.total_steps)
+        return done + self.epoch_step
+
+    @property
+    def steps_in_epoch(self) -> int:
+        """Steps of the epoch in progress (fewer in a fractional run's last epoch)."""
+        return self.length.steps_in_epoch(self.epochs_done)
 
     @property
     def position(self) -> str:
         """Where training stands, for messages: "epoch 3, step 17/97" or "end of epoch 2"."""
         if self.epoch_step:
-            return (
-                f"epoch {self.epochs_done + 1}, step {self.epoch_step}/"
-                f"{self.length.steps_per_epoch}"
-            )
+            return f"epoch {self.epochs_done + 1}, step {self.epoch_step}/{self.steps_in_epoch}"
         return f"end of epoch {self.epochs_done}"
 
     @property
     def epoch_complete(self) -> bool:
-        return self.epoch_step >= self.length.steps_per_epoch
+        return self.epoch_step >= self.steps_in_epoch
 
     def start(self, epoch: int) -> None:
         """Positions the training data at `epoch`, `epoch_step` steps in (0 unless a
@@ -113,16 +122,30 @@ class Trainer:
             self.inputs.train_dataset_fn(self.length, epoch, self.epoch_step)
         )
         self._iterator = iter(data)
+        self.actions.begin(self)
+
+    def _compiled_steps(self) -> Callable:
+        """The compiled step calls for the variables trained now: traced again when an
+        action changed that set (a frozen layer), so the step never updates a frozen
+        variable nor misses a trained one."""
+        trained = tuple(id(v) for v in steps.trainable(self.model))
+        if trained != self._trained:
+            self._train_steps = steps.make_train_step(
+                self.model, self.optimizer, self.inputs, self.cfg, self.strategy, self._stop_flag
+            )
+            self._trained = trained
+        return self._train_steps
 
     def train_steps(self, limit: int, progress: keras.utils.Progbar | None = None) -> int:
         """Trains up to `limit` more steps of the epoch in progress, fewer when a stop was
-        requested (the stop flag); returns the steps done.
+        requested (the stop flag), then runs the actions due at the step reached; returns
+        the steps done.
 
         Raises:
             NonFiniteLossError: when the training loss becomes NaN or inf.
         """
         t0 = time.perf_counter()
-        totals = self._train_steps(self._iterator, tf.constant(limit)).numpy()
+        totals = self._compiled_steps()(self._iterator, tf.constant(limit)).numpy()
         seconds = time.perf_counter() - t0
         done = round(float(totals[2]) / self.cfg.data.batch_size)
         self._epoch_totals.assign_add(np.append(totals, seconds).astype(np.float64))
@@ -137,6 +160,7 @@ class Trainer:
             )
         if progress is not None and count:
             progress.update(self.epoch_step, [("loss", loss_sum / count), ("acc", correct / count)])
+        self.actions.after_call(self)
         return done
 
     def end_epoch(self) -> dict:
@@ -172,7 +196,7 @@ class Trainer:
         """Swaps in the weights the run is judged by: the EMA's when the recipe keeps one
         (with BN statistics refreshed for them); otherwise the last step's, unchanged."""
         if self.cfg.optim.ema_decay:
-            self.optimizer.finalize_variable_values(steps.trainable(self.model))
+            self.optimizer.finalize_variable_values(self._optimized)
             self._recalibrate()
 
     def finish(self) -> dict:
@@ -296,14 +320,15 @@ def _peers_watched(strategy, run_dir: RunDirectory):
 
 def _train_rest_of_epoch(trainer: Trainer, run_dir: RunDirectory, stops, tcfg: TrainConfig):
     """Trains the epoch in progress to its end, in calls of at most STEPS_PER_CALL steps
-    that end where a `checkpoint_every_steps` save is due. A stop request saves the
-    step reached and raises `Preempted`."""
-    n_steps = trainer.length.steps_per_epoch
+    that end where a `checkpoint_every_steps` save or an action is due. A stop request
+    saves the step reached and raises `Preempted`."""
+    n_steps = trainer.steps_in_epoch
     every = tcfg.checkpoint_every_steps
     progress = _progress_bar(tcfg, n_steps)
     while not trainer.epoch_complete:
         step = trainer.epoch_step
-        limit = min(STEPS_PER_CALL, n_steps - step)
+        next_action = trainer.actions.steps_to_next(trainer.global_step)
+        limit = min(STEPS_PER_CALL, n_steps - step, next_action)
         if every:
             limit = min(limit, every - step % every)
         try:

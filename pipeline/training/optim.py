@@ -14,7 +14,8 @@ from pipeline.training import precision
 
 def lr_at(step, cfg: OptimConfig, length: RunLength):
     """The learning rate at `step` (0-based): a linear warm-up from `warmup_start_fraction`
-    of the peak, then the schedule's decay."""
+    of the peak at step 0 to the peak at step `warmup`, then the schedule's decay (airbench94's
+    `get_lr`: 0.2 + 0.8 * step / warmup, then 1 - 0.93 * (step - warmup) / (total - warmup))."""
     step = tf.cast(step, tf.float32)
     total_steps = length.total_steps
     warmup = float(round(cfg.warmup_epochs * length.steps_per_epoch))
@@ -22,7 +23,7 @@ def lr_at(step, cfg: OptimConfig, length: RunLength):
     if cfg.schedule == "constant" and warmup == 0:
         return tf.fill([], tf.constant(peak, tf.float32))
     start = cfg.warmup_start_fraction
-    up = peak * (start + (1.0 - start) * tf.minimum(1.0, (step + 1.0) / max(warmup, 1.0)))
+    up = peak * (start + (1.0 - start) * tf.minimum(1.0, step / max(warmup, 1.0)))
     progress = tf.clip_by_value((step - warmup) / max(total_steps - warmup, 1.0), 0.0, 1.0)
     if cfg.schedule == "cosine":
         down = final + (peak - final) * 0.5 * (1.0 + tf.cos(math.pi * progress))

@@ -101,11 +101,13 @@ def test_tta_averages_flips_and_shifts():
     np.testing.assert_allclose(six, expected, atol=1e-5)
 
 
-def test_bias_learning_rate_scale_targets_biases_and_bn_shifts():
+def test_bias_learning_rate_scale_targets_bn_shifts_only():
+    # airbench94 gives its 64x rate to the parameters named "norm...bias" (BN shifts); the
+    # whitening conv's bias is among its "other_params", at the base rate.
     model = build_model(ModelConfig(name="custom_convnet", params={"size": "tiny"}))
-    biases = [v.path for v in model.trainable_variables if steps._is_bias(v)]
-    assert biases and all(p.endswith(("bias", "beta")) for p in biases)
-    assert any("bn" in p for p in biases)
+    scaled = [v.path for v in model.trainable_variables if steps.is_bn_shift(v)]
+    assert sorted(scaled) == sorted(f"stage{s}_bn{d}/beta" for s in range(3) for d in range(2))
+    assert "whiten/bias" in [v.path for v in model.trainable_variables]
 
 
 @pytest.mark.parametrize(
@@ -119,3 +121,55 @@ def test_bias_learning_rate_scale_targets_biases_and_bn_shifts():
 def test_bad_choice_names_the_allowed_values(params, message):
     with pytest.raises(ValueError, match=message):
         build_model(ModelConfig(name="custom_convnet", params=params))
+
+
+def test_whitening_uses_the_uncentred_second_moment_as_airbench94():
+    # airbench94: est_patch_covariance = patches.T @ patches / n, no mean removed. Patches
+    # with a large mean are whitened in that sense: out.T @ out / n is the identity.
+    images = _correlated_images() + 2.0
+    kernel = custom_convnet.whitening_kernel(images, eps=1e-8)
+    out = tf.nn.conv2d(images, kernel, 1, "VALID").numpy().reshape(-1, 24)[:, :12]
+    np.testing.assert_allclose(out.T @ out / len(out), np.eye(12), atol=1e-3)
+
+
+def test_airbench_initialisation_is_dirac_over_pytorch_default():
+    model = build_model(ModelConfig(name="custom_convnet", params={"widths": [8, 16]}))
+    # stage0_conv0: 24 (whitening) inputs, 8 outputs: all 8 filters are identities of
+    # input channels 0..7, i.e. kernel[1, 1, i, i] = 1 and every other tap 0.
+    k = model.get_layer("stage0_conv0").kernel.numpy()
+    expected = np.zeros((3, 3, 24, 8))
+    expected[1, 1, np.arange(8), np.arange(8)] = 1.0
+    np.testing.assert_array_equal(k, expected)
+    # stage1_conv0: 8 inputs, 16 outputs: filters 0..7 identities, 8..15 uniform in
+    # +-1/sqrt(fan_in) = +-1/sqrt(3 * 3 * 8) (PyTorch's kaiming_uniform(a=sqrt(5))).
+    k = model.get_layer("stage1_conv0").kernel.numpy()
+    np.testing.assert_array_equal(k[1, 1, :, :8], np.eye(8))
+    assert np.count_nonzero(k[..., :8]) == 8
+    rest = k[..., 8:]
+    bound = 1 / np.sqrt(72)
+    assert np.abs(rest).max() <= bound and np.abs(rest).max() > 0.9 * bound
+    assert abs(rest.std() - bound / np.sqrt(3)) < 0.1 * bound  # uniform's std: bound/sqrt(3)
+    # A conv with as many outputs as inputs starts as the identity map.
+    x = tf.random.normal([2, 8, 8, 16])
+    conv = model.get_layer("stage1_conv1")
+    np.testing.assert_allclose(conv(x).numpy(), x.numpy(), atol=1e-6)
+    head = model.get_layer("head").kernel.numpy()  # fan_in 16: +-0.25
+    assert np.abs(head).max() <= 0.25 and np.abs(head).max() > 0.2
+
+
+def test_glorot_initialisation_stays_available_for_comparison():
+    params = {"widths": [8, 16], "init": "glorot"}
+    k = build_model(ModelConfig(name="custom_convnet", params=params)).get_layer("stage1_conv1")
+    assert np.count_nonzero(k.kernel.numpy()) == k.kernel.numpy().size
+
+
+def test_batch_norm_momentum_follows_airbench94():
+    # airbench94's BatchNorm(momentum=0.6) is PyTorch momentum 0.4: running = 0.6 * running
+    # + 0.4 * batch. One training pass from running mean 0 leaves 0.4 * the batch mean.
+    model = build_model(ModelConfig(name="custom_convnet", params={"widths": [8]}))
+    bn = model.get_layer("stage0_bn0")
+    x = tf.random.normal([4, 6, 6, 8]) + 3.0
+    bn(x, training=True)
+    np.testing.assert_allclose(
+        bn.moving_mean.numpy(), 0.4 * tf.reduce_mean(x, [0, 1, 2]).numpy(), rtol=1e-5
+    )

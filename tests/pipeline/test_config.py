@@ -29,7 +29,9 @@ def test_unknown_key_lists_valid_keys():
 
 
 def test_bad_type_and_bad_choice_raise():
-    with pytest.raises(ConfigError, match="train.epochs.*int"):
+    with pytest.raises(ConfigError, match="data.batch_size.*int"):
+        override(Config(), parse_overrides(["data.batch_size=ten"]))
+    with pytest.raises(ConfigError, match="train.epochs.*float"):
         override(Config(), parse_overrides(["train.epochs=ten"]))
     with pytest.raises(ConfigError, match="one of auto, float32, mixed_bfloat16, mixed_float16"):
         override(Config(), {"train.precision": "fp8"})

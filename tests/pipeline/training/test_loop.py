@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pipeline import experiments
 from pipeline.config import OptimConfig
 from pipeline.errors import NonFiniteLossError
-from pipeline.run_length import RunLength
+from pipeline.run_length import RunLength, run_length
 from pipeline.training import keras_fit, loop, optim, precision, run, steps
 from tests.conftest import REPO, TINY, tiny_config
 
@@ -113,20 +114,38 @@ def test_float16_train_step_skips_a_non_finite_batch_and_scales_the_loss():
 
 
 def test_schedules():
-    length = RunLength(10, 10)
+    length = RunLength(10, 100)  # 10 epochs of 10 steps
     cos = OptimConfig(lr=1.0, schedule="cosine", warmup_epochs=1)
     one = OptimConfig(lr=1.0, schedule="onecycle", warmup_epochs=2, final_lr_fraction=0.1)
-    assert float(optim.lr_at(0, cos, length)) == pytest.approx(0.1)
+    # The ramp reaches the peak at step `warmup` (10 here), from 0 at step 0.
+    assert float(optim.lr_at(0, cos, length)) == pytest.approx(0.0)
+    assert float(optim.lr_at(4, cos, length)) == pytest.approx(0.4)
     assert float(optim.lr_at(10, cos, length)) == pytest.approx(1.0)
     assert float(optim.lr_at(55, cos, length)) == pytest.approx(0.5, abs=1e-6)
     assert float(optim.lr_at(100, cos, length)) == pytest.approx(0.0, abs=1e-6)
     assert float(optim.lr_at(60, one, length)) == pytest.approx(0.55)
     assert float(optim.lr_at(5, OptimConfig(lr=0.3), length)) == pytest.approx(0.3)
-    # airbench94's warm-up starts at 0.2 of the peak: step 9 of 20 is 0.2 + 0.8 * 10/20;
+    # airbench94's warm-up starts at 0.2 of the peak: step 9 of 20 is 0.2 + 0.8 * 9/20;
     # after the warm-up the schedule is the same.
     from_fifth = dataclasses.replace(one, warmup_start_fraction=0.2)
-    assert float(optim.lr_at(9, from_fifth, length)) == pytest.approx(0.6)
+    assert float(optim.lr_at(9, from_fifth, length)) == pytest.approx(0.56)
     assert float(optim.lr_at(60, from_fifth, length)) == pytest.approx(0.55)
+
+
+def test_airbench94_run_length_and_schedule_match_its_get_lr():
+    # airbench94: 48 full batches of 1024 per epoch, ceil(48 * 9.9) = 476 steps, warm-up
+    # int(0.23 * 476) = 109 steps; get_lr(step) = 0.2 + 0.8 * step / 109 during it, then
+    # 1 - 0.93 * (step - 109) / 367, times lr 1.5 (mean-loss units).
+    cfg = experiments.get("challenge_airbench94")
+    length = run_length(cfg.data.train_examples, cfg.data.batch_size, cfg.train.epochs)
+    assert (length.steps_per_epoch, length.total_steps, length.epochs) == (48, 476, 10)
+    assert [length.steps_in_epoch(e) for e in (0, 8, 9, 10)] == [48, 48, 44, 0]
+    expected = {0: 0.2, 54: 0.2 + 0.8 * 54 / 109, 109: 1.0, 300: 1 - 0.93 * 191 / 367}
+    expected[475] = 1 - 0.93 * 366 / 367
+    for step, factor in expected.items():
+        assert float(optim.lr_at(step, cfg.optim, length)) == pytest.approx(1.5 * factor), step
+    # Whole epochs stay whole (no float's last digit adds a step).
+    assert run_length(50_000, 1024, 10.0).total_steps == 480
 
 
 def test_label_smoothing_loss():
@@ -158,6 +177,8 @@ RECIPE = {
     "optim.label_smoothing": 0.2,
     "optim.bias_lr_scale": 8.0,
     "optim.ema_decay": 0.9,
+    "optim.lookahead_every": 5,
+    "optim.whiten_bias_epochs": 1.0,
     "train.bn_recalibration_batches": 1,
     "train.epochs": 3,
 }
@@ -183,6 +204,8 @@ def assert_same_state(resumed: dict, uninterrupted: dict) -> None:
     for key in ("optimizer/_iterations", "epoch"):
         assert f"{key}/.ATTRIBUTES/VARIABLE_VALUE" in resumed
     assert sum("moving_mean" in k or "moving_variance" in k for k in resumed) >= 2 * 6
+    # Lookahead's slow copy of every float variable (weights and BN statistics).
+    assert sum(k.startswith("action_lookahead/") for k in resumed) >= weights + 2 * 6
     for key, value in uninterrupted.items():
         np.testing.assert_allclose(resumed[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
 
@@ -312,7 +335,8 @@ def _wait_for_checkpoint(proc, out: Path, after: int) -> None:
 def test_kill_9_then_sigterm_mid_epoch_then_the_run_ends_as_an_uninterrupted_one(tmp_path):
     """kill -9 after a mid-epoch checkpoint, resume; SIGTERM mid-epoch (saves that step,
     exits 143), resume; the final state equals an uninterrupted run's: weights, BN
-    statistics, momentum, EMA, step. 64 steps per epoch, a checkpoint every 8."""
+    statistics, momentum, EMA, Lookahead's slow copy, step; the whitening bias frozen after
+    epoch 1 stays frozen across the resume. 64 steps per epoch, a checkpoint every 8."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     out, full_out = tmp_path / "run", tmp_path / "uninterrupted"
     steps_per_epoch, epochs = 64, 2
