@@ -1,6 +1,7 @@
 """The layout's promises: dependencies point one way (scripts -> tuning -> pipeline ->
-models), inside pipeline/ data never reaches into training and production never into the
-benchmarks; checked on every import statement, local ones included."""
+models), inside pipeline/ data never reaches into training, only the benchmarks and
+`cifar-bench` import the benchmarks, and no module takes part in an import cycle; checked
+on every import statement, relative and local ones included."""
 
 import ast
 import builtins
@@ -48,6 +49,11 @@ ALLOWED = {
 }
 
 
+# Packages only some parts may import (README, "Layout"): the benchmarks are for
+# `cifar-bench` alone, and production code never depends on them.
+PRIVATE = {"pipeline.bench": ("pipeline.bench", "scripts.bench")}
+
+
 def _modules():
     for package in PACKAGES:
         for path in sorted((REPO / package).rglob("*.py")):
@@ -55,14 +61,24 @@ def _modules():
             yield name.removesuffix(".__init__"), path
 
 
-def _project_imports(path: Path) -> set[str]:
+def _absolute(node: ast.ImportFrom, path: Path, root: Path) -> str:
+    """The module an ImportFrom names, relative ones (`from . import x`) resolved."""
+    if not node.level:
+        return node.module
+    package = list(path.relative_to(root).parent.parts)
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join([*base, *([node.module] if node.module else [])])
+
+
+def _project_imports(path: Path, root: Path = REPO) -> set[str]:
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-            names.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            module = _absolute(node, path, root)
+            names.add(module)
+            names.update(f"{module}.{a.name}" for a in node.names)
     return {n for n in names if n.split(".")[0] in PACKAGES}
 
 
@@ -83,6 +99,57 @@ def test_imports_point_one_way(module, path):
         assert _within(name, (part, *ALLOWED[part])), (
             f"{module} imports {name}, outside what {part} may use: {ALLOWED[part]}"
         )
+
+
+@pytest.mark.parametrize("module,path", list(_modules()), ids=lambda v: str(v))
+def test_private_packages_are_imported_only_where_the_readme_says(module, path):
+    for private, users in PRIVATE.items():
+        if _within(module, users):
+            continue
+        reached = [n for n in _project_imports(path) if _within(n, (private,))]
+        assert not reached, f"{module} imports {reached}; only {users} may import {private}"
+
+
+def test_relative_imports_are_seen(tmp_path):
+    package = tmp_path / "pipeline" / "bench"
+    package.mkdir(parents=True)
+    module = package / "x.py"
+    module.write_text("def f():\n    from . import torch_twin\n    from ..training import loop\n")
+    found = _project_imports(module, root=tmp_path)
+    assert {"pipeline.bench.torch_twin", "pipeline.training.loop"} <= found
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """module -> the project modules it imports (anywhere in it, local imports too)."""
+    modules = dict(_modules())
+    graph = {}
+    for module, path in modules.items():
+        targets = set()
+        for name in _project_imports(path):
+            while name and name not in modules:  # `from pkg import function` -> pkg
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                targets.add(name)
+        graph[module] = targets
+    return graph
+
+
+def test_no_import_cycle_between_modules():
+    graph, cycles = _module_graph(), []
+
+    def visit(module, trail):
+        for target in graph[module]:
+            if target in trail:
+                cycles.append([*trail[trail.index(target) :], target])
+            elif target not in done:
+                visit(target, [*trail, target])
+        done.add(module)
+
+    done: set[str] = set()
+    for module in graph:
+        if module not in done:
+            visit(module, [module])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
 def test_no_import_cycle_between_top_level_packages():

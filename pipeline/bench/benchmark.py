@@ -3,22 +3,9 @@
 from __future__ import annotations
 
 import functools
-import statistics
-import time
 from collections.abc import Callable, Iterable
 
-from pipeline.run_length import RunLength
-
-
-def time_passes(one_pass: Callable[[], int], repeats: int, warmup: int = 1) -> dict:
-    """Calls `one_pass() -> images` `warmup + repeats` times; images/s of the timed passes."""
-    runs, images = [], 0
-    for i in range(warmup + repeats):
-        start = time.perf_counter()
-        images = one_pass()
-        if i >= warmup:
-            runs.append(images / (time.perf_counter() - start))
-    return {"median": statistics.median(runs), "runs": runs, "images": images}
+from pipeline.bench.timing import schedule_length, time_passes
 
 
 def images_per_second(
@@ -48,11 +35,6 @@ def images_per_second(
 
 CONTENDERS = ("naive", "fit", "loop", "torch")
 DATA_EPOCHS = 10_000  # more than any benchmark reads: the data never runs out mid-pass
-
-
-def schedule_length(steps: int) -> RunLength:
-    """The learning-rate schedule every contender follows: 10 epochs of `steps` steps."""
-    return RunLength(steps, 10 * steps)
 
 
 def fresh_model_and_optimizer(cfg, strategy, inputs, steps: int) -> tuple:

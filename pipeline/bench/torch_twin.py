@@ -170,13 +170,13 @@ def train_throughput(cfg: Config, images: np.ndarray, labels: np.ndarray, steps:
         labels: (N,) int labels.
 
     Returns:
-        {"median", "runs", "images"} as `benchmark.time_passes` gives them, plus
+        {"median", "runs", "images"} as `timing.time_passes` gives them, plus
         "trainable_parameters".
     """
     import torch  # noqa: PLC0415
     import torch.nn.functional as F  # noqa: N812, PLC0415
 
-    from pipeline.bench.benchmark import schedule_length, time_passes  # noqa: PLC0415
+    from pipeline.bench.timing import schedule_length, time_passes  # noqa: PLC0415
 
     torch.manual_seed(cfg.train.seed)
     batch = cfg.data.batch_size

@@ -11,7 +11,7 @@ def _bench(*args):
 
 @pytest.mark.parametrize("size", ["tiny", "medium"])
 def test_twin_has_the_projects_trainable_parameter_count(size):
-    pytest.importorskip("torch")
+    pytest.importorskip("torch", reason="the PyTorch twin needs: pip install -e '.[compare]'")
     from models.registry import build_model
     from pipeline.experiments import get
     from pipeline.training import run
