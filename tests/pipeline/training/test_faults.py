@@ -198,12 +198,15 @@ def test_local_workers_loopback_only_sigterm_saves_all_and_a_lost_worker_ends_th
     kept = max(_checkpoint_steps(tmp_path))
     assert f"Run the same command again to resume from ckpt-{kept}" in err
 
-    proc = _train(*flags, out=tmp_path)
+    # The last launch asks for the export: a multi-worker run names the command instead.
+    proc = _train(*[f for f in flags if f != "--no-export"], out=tmp_path)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
     assert "resuming from the checkpoint of epoch" in out
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["replicas"] == 2 and len(metrics["history"]) == 3
+    assert f"no export from a multi-worker run: run `cifar-export {tmp_path}" in out
+    assert not (tmp_path / "export").exists()
 
 
 HOLDER = (
