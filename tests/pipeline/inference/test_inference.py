@@ -223,6 +223,9 @@ def test_predict_reads_any_image_and_names_the_files_it_cannot(tmp_path, capsys,
     }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data.numpy())
+    for name, data in _gif_and_bmp((10, 200, 30)).items():
+        (tmp_path / name).write_bytes(data)
+        files[name] = data
     whole = (tmp_path / "wide.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(whole[: len(whole) // 2])
     (tmp_path / "notes.png").write_text("not an image")
@@ -242,8 +245,29 @@ def test_predict_reads_any_image_and_names_the_files_it_cannot(tmp_path, capsys,
     assert predict_cli.main() == 2
     captured = capsys.readouterr()
     payload = json.loads(captured.out)
-    assert len(payload["predictions"]) == 4 and len(payload["errors"]) == 3
+    assert len(payload["predictions"]) == 6 and len(payload["errors"]) == 3
     assert "cut.png" in captured.err and "missing.png" in captured.err
+
+
+def _gif_and_bmp(colour) -> dict[str, bytes]:
+    """A two-frame GIF (the first frame `colour`) and a BMP, `colour` all over, 64x48."""
+    import io
+
+    from PIL import Image
+
+    first, second = Image.new("RGB", (64, 48), colour), Image.new("RGB", (64, 48), (0, 0, 0))
+    gif, bmp = io.BytesIO(), io.BytesIO()
+    first.save(gif, format="GIF", save_all=True, append_images=[second])
+    first.save(bmp, format="BMP")
+    return {"anim.gif": gif.getvalue(), "plain.bmp": bmp.getvalue()}
+
+
+def test_read_image_takes_gif_and_bmp(tmp_path):
+    for name, data in _gif_and_bmp((10, 200, 30)).items():
+        (tmp_path / name).write_bytes(data)
+        image = predict.read_image(tmp_path / name)
+        assert image.shape == (32, 32, 3) and image.dtype == np.uint8, name
+        assert (image == (10, 200, 30)).all(), name  # the GIF's first frame
 
 
 def test_read_image_makes_32x32_rgb(tmp_path):
