@@ -8,10 +8,11 @@ DATA_DIR ?= $(HOME)/tensorflow_datasets
 CIFAR10_LOCAL ?=
 TRAIN_ARGS ?=
 
-$(BIN)/cifar-train: pyproject.toml
+# constraints.txt pins the versions the README's figures were measured with.
+$(BIN)/cifar-train: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev]' -c constraints.txt
 	touch $@
 
 .PHONY: setup train test lint notebook

@@ -223,10 +223,11 @@ class _StopAfterEpoch(keras.callbacks.Callback):
 
 
 def test_resume_with_cut_epochs_restores_every_variable(tmp_path):
-    # Epochs cut to 5 of their 8 steps: the run length the data, schedule and loop share.
-    # (Full epochs: the kill -9 test below.)
+    # Epochs cut to 5 of their 8 steps, 2.6 of them: 13 steps, the last epoch 3 of 5; the
+    # run length the data, schedule, actions and loop share. (Full epochs: the kill -9
+    # test below.)
     full_out, out = tmp_path / "uninterrupted", tmp_path / "resumed"
-    recipe = {**RECIPE, "train.steps_per_epoch": 5}
+    recipe = {**RECIPE, "train.steps_per_epoch": 5, "train.epochs": 2.6}
     full = run.train(tiny_config(**recipe, **{"train.out_dir": str(full_out)}), log=lambda s: None)
     cfg = tiny_config(**recipe, **{"train.out_dir": str(out)})
     with pytest.raises(KeyboardInterrupt):
@@ -235,6 +236,7 @@ def test_resume_with_cut_epochs_restores_every_variable(tmp_path):
     resumed = run.train(cfg, log=logs.append)
     assert any("resuming from the checkpoint of epoch 1" in line for line in logs)
     assert [r["epoch"] for r in resumed["history"]] == [1, 2, 3]
+    assert tf.train.latest_checkpoint(str(out / "checkpoints")).endswith("ckpt-13")
     for a, b in zip(full["history"], resumed["history"], strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
         assert b["lr"] == pytest.approx(a["lr"], rel=1e-6)
