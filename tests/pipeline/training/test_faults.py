@@ -322,3 +322,72 @@ def test_without_a_private_namespace_local_workers_refuse_unless_the_risk_is_acc
     said = []
     launch.isolate(allow_exposed=True, log=said.append)
     assert "listen on every interface" in said[0] and "accepted" in said[0]
+
+
+# Two workers of a cluster started from TF_CONFIG alone, as a cluster's scheduler starts
+# them: no launcher watches them or forwards signals. They run in a private network
+# namespace holding only loopback; each one's output goes to its own files.
+CLUSTER = """
+import json, subprocess, sys
+from pipeline.training import launch, private_network
+private_network.enter()
+out, flags = sys.argv[1], sys.argv[2:]
+procs = []
+for i, config in enumerate(launch.local_cluster(2)):
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "scripts.train", *flags, "--strategy", "multi_worker"],
+        env={**__import__("os").environ, "TF_CONFIG": config},
+        stdout=open(f"{out}/worker{i}.out", "w"), stderr=open(f"{out}/worker{i}.err", "w")))
+print(json.dumps([p.pid for p in procs]), flush=True)
+print(json.dumps([p.wait() for p in procs]), flush=True)
+"""
+
+
+def _cluster(flags: list[str], logs: Path) -> tuple[subprocess.Popen, list[int]]:
+    logs.mkdir(exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLUSTER, str(logs), *flags],
+        cwd=REPO,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return proc, json.loads(proc.stdout.readline())
+
+
+def _ended(proc: subprocess.Popen) -> list[int]:
+    codes = json.loads(proc.stdout.readline())
+    proc.wait(timeout=60)
+    return codes
+
+
+@pytest.mark.slow
+def test_a_cluster_without_launcher_stops_at_one_step_and_its_workers_report_a_lost_peer(
+    tmp_path,
+):
+    """SIGTERM to one worker alone (a cluster preempting one machine): both stop and save
+    at one agreed step, exit 143, and the rerun resumes there. Then worker 1 is killed:
+    worker 0 itself exits 4 with one line that says what is kept."""
+    out, logs = tmp_path / "run", tmp_path / "logs"
+    flags = [*EPOCHS_OF_MANY_STEPS, "--epochs", "3", "--out", str(out)]
+    flags += ["--set", "train.checkpoint_every_steps=16"]
+    proc, pids = _cluster(flags, logs)
+    _wait_for(lambda: out.is_dir() and 16 in _checkpoint_steps(out), 240, proc)
+    os.kill(pids[1], signal.SIGTERM)
+    assert _ended(proc) == [143, 143]
+    errs = [(logs / f"worker{i}.err").read_text() for i in (0, 1)]
+    saved = max(_checkpoint_steps(out))
+    epoch, step = saved // STEPS_PER_EPOCH + 1, saved % STEPS_PER_EPOCH
+    assert f"stopped by SIGTERM at epoch {epoch}, step {step}/" in errs[1], errs[1][-3000:]
+    assert f"stopped by a signal to another worker at epoch {epoch}, step {step}/" in errs[0]
+
+    proc, pids = _cluster(flags, logs)
+    _wait_for(lambda: max(_checkpoint_steps(out)) > saved, 240, proc)
+    os.kill(pids[1], signal.SIGKILL)
+    codes = _ended(proc)
+    assert codes[0] == 4 and codes[1] == -signal.SIGKILL, codes
+    resumed = (logs / "worker0.out").read_text()
+    assert f"resuming from the checkpoint of epoch {epoch}, step {step}/" in resumed
+    err = (logs / "worker0.err").read_text()
+    assert "lost contact with another worker" in err, err[-3000:]
+    assert "run the same command again to resume" in err and "Traceback" not in err
