@@ -211,7 +211,7 @@ def test_local_workers_loopback_only_sigterm_saves_all_and_a_lost_worker_ends_th
 
 HOLDER = (
     "import sys, time; from pipeline.training import out_claim; out_claim.claim(sys.argv[1]); "
-    "print('held', flush=True); time.sleep(60)"
+    "print('held', flush=True); time.sleep(600)"
 )
 
 
@@ -259,6 +259,18 @@ def test_cli_into_a_busy_out_is_refused_before_loading_data(tmp_path):
         assert busy.returncode == 2, err[-2000:]
         assert f"in use by another run (pid {holder.pid})" in err
         assert "another --out" in err and time.monotonic() - started < 60
+        # cifar-tune claims its --out the same way, before any data or trial.
+        tune = subprocess.run(
+            [sys.executable, "-m", "scripts.tune", "--data-dir", str(tmp_path / "none")]
+            + ["--out", str(tmp_path)],
+            cwd=REPO,
+            env=ENV,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert tune.returncode == 2, tune.stderr[-2000:]
+        assert f"in use by another run (pid {holder.pid})" in tune.stderr
     finally:
         holder.kill()
 
