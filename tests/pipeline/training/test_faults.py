@@ -403,3 +403,25 @@ def test_a_cluster_without_launcher_stops_at_one_step_and_its_workers_report_a_l
     err = (logs / "worker0.err").read_text()
     assert "lost contact with another worker" in err, err[-3000:]
     assert "run the same command again to resume" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_frozen_worker_ends_the_run_with_exit_4(tmp_path):
+    """kill -STOP of one local worker: the other finds it through the coordination
+    service's heartbeats and exits 4; the launcher names it and exits 4 within 120 s."""
+    flags = [*EPOCHS_OF_MANY_STEPS, "--epochs", "3", "--local-workers", "2"]
+    flags += ["--set", "train.checkpoint_every_steps=16"]
+    proc = _train(*flags, out=tmp_path)
+    _wait_for(lambda: 16 in _checkpoint_steps(tmp_path), 240, proc)
+    frozen = _workers(proc.pid)[1]
+    os.kill(frozen, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert time.monotonic() - stopped < 120
+    assert proc.returncode == 4, err[-3000:]
+    assert "worker 0" in err and "lost contact with it" in err, err[-3000:]
+    assert "Run the same command again to resume from ckpt-" in err
