@@ -57,8 +57,16 @@ def training_overrides(hp: kt.HyperParameters) -> dict:
 def config_for(base: Config, hp: kt.HyperParameters) -> Config:
     """The full run config that a set of hyperparameter values stands for."""
     params = {**base.model.params, **model_params(hp)}
+    # The recipe's whitening-bias freeze needs the whitening stem the trial may not have.
+    freeze = base.optim.whiten_bias_epochs if params["stem"] == "whiten" else 0.0
     return override(
-        base, {"model.name": "custom_convnet", "model.params": params, **training_overrides(hp)}
+        base,
+        {
+            "model.name": "custom_convnet",
+            "model.params": params,
+            "optim.whiten_bias_epochs": freeze,
+            **training_overrides(hp),
+        },
     )
 
 

@@ -66,7 +66,7 @@ def evaluate_run(restored: Restored, out: str | Path, log=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     stage = "the end of training" if restored.finished else "a run stopped early"
     log(
-        f"evaluating {cfg.model.name} at epoch {restored.epochs_done} of {cfg.train.epochs} "
+        f"evaluating {cfg.model.name} at epoch {restored.epochs_done} of {cfg.train.epochs:g} "
         f"({stage}; {Path(restored.checkpoint).name}) on {len(labels):,} test images"
     )
     probs = test_probabilities(restored, cfg.train.tta)

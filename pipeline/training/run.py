@@ -105,8 +105,8 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
     length = inputs.run_length(cfg.train.epochs, cfg.train.steps_per_epoch)
     log(
         f"{cfg.model.name}: {count_params(model):,} parameters, {strategy.num_replicas_in_sync}"
-        f" replica(s), {cfg.train.precision}, {length.epochs} epoch(s) of "
-        f"{length.steps_per_epoch} steps of {cfg.data.batch_size}"
+        f" replica(s), {cfg.train.precision}, {cfg.train.epochs:g} epoch(s): "
+        f"{length.total_steps} steps of {cfg.data.batch_size} ({length.steps_per_epoch} an epoch)"
     )
     if cfg.train.loop == "fit":
         result = fit_with_keras(model, inputs, cfg, strategy, log)
