@@ -467,16 +467,19 @@ def test_two_replicas_match_one_in_every_checkpointed_variable(tmp_path, fused):
     _assert_close_to_magnitude(two, one, weights=1e-4, slots=5e-2)
 
 
+XLA_NET = {  # the XLA step's tests: a small custom_convnet with Nesterov
+    "model.name": "custom_convnet",
+    "model.params": {"size": "tiny"},
+    "optim.optimizer": "nesterov",
+    "optim.momentum": 0.9,
+    "optim.bias_lr_scale": 4.0,
+    "data.batch_size": 64,
+    "train.epochs": 1,
+}
+
+
 def test_xla_compiled_step_trains_as_the_plain_one():
-    cfg = {
-        "model.name": "custom_convnet",
-        "model.params": {"size": "tiny"},
-        "optim.optimizer": "nesterov",
-        "optim.momentum": 0.9,
-        "optim.bias_lr_scale": 4.0,
-        "data.batch_size": 64,
-        "train.epochs": 1,
-    }
+    cfg = XLA_NET
     initial_cfg = tiny_config(**cfg)
     strategy, _ = run.prepare(initial_cfg)  # seeds as `_weights` does: the same start
     initial = [v.numpy() for v in run.build(initial_cfg, strategy).trainable_variables]
@@ -510,13 +513,8 @@ def test_xla_step_with_augmentation_inside_matches_the_plain_step(tmp_path, prec
     # weights and BN statistics agree to 1e-4 of their magnitude (measured: a few 1e-5);
     # bfloat16 rounds each product to 3 digits, so its weights to 1e-2 (measured: 1e-3).
     cfg = {
-        "model.name": "custom_convnet",
-        "model.params": {"size": "tiny"},
-        "optim.optimizer": "nesterov",
-        "optim.momentum": 0.9,
+        **XLA_NET,
         "optim.lr": 0.01,
-        "optim.bias_lr_scale": 4.0,
-        "data.batch_size": 64,
         "data.augment.translate": 2,
         "data.augment.pad_mode": "reflect",
         "data.augment.flip": "alternate",
