@@ -102,6 +102,11 @@ def test_search_writes_best_resumes_and_reports(tmp_path):
     assert len(memory) == 2 and all(row["resident_mib"] > 100 for row in memory)
     assert "## Memory" in text and ": 2 trials, first" in text
     assert (tmp_path / "s" / "accuracy_vs_hyperparameters.png").stat().st_size > 1000
+    # --overwrite starts afresh: the finished trials run again.
+    fresh = _tune(*args, "--overwrite")
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "[trial" in fresh.stdout, "the search started again"
+    assert json.loads((tmp_path / "s" / "best.json").read_text())["finished_trials"] == 2
 
 
 @pytest.mark.slow
@@ -137,6 +142,30 @@ def test_distributed_search_survives_a_killed_worker(tmp_path):
     runs = collections.Counter(row["trial_id"] for row in rows)
     assert len(runs) == 3 and set(runs.values()) == {1}, runs
     assert len({row["pid"] for row in rows}) >= 2, "both workers ran trials"
+
+
+@pytest.mark.slow
+def test_a_lost_tuner_chief_ends_the_search_with_exit_4_and_the_rerun_finishes_it(tmp_path):
+    out = tmp_path / "c"
+    cmd = [sys.executable, "-m", "scripts.tune", "--tuner", "random", "--max-trials", "2"]
+    cmd += ["--max-epochs", "1", "--out", str(out), "--local-workers", "1", *TINY_SEARCH]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    log = tmp_path / "log.txt"
+    with log.open("w") as sink:
+        search = subprocess.Popen(cmd, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 300
+        while "[trial" not in log.read_text():
+            assert search.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.1)
+        chief = _tuner_pid(search.pid, "chief")
+        os.kill(chief, signal.SIGKILL)
+        assert search.wait(timeout=120) == 4, log.read_text()[-3000:]
+    text = log.read_text()
+    assert f"the search lost chief (pid {chief}), which was killed by SIGKILL" in text, text[-3000:]
+    assert "Run the same command again to resume it" in text
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "best.json").read_text())["finished_trials"] == 2
 
 
 def _tuner_pid(launcher: int, tuner_id: str) -> int:
