@@ -116,22 +116,8 @@ def test_distributed_search_survives_a_killed_worker(tmp_path):
     cmd = [sys.executable, "-m", "scripts.tune", "--tuner", "random", "--max-trials", "3"]
     cmd += ["--max-epochs", "2", "--out", str(out), "--local-workers", "2", *TINY_SEARCH]
     cmd += ["--set", "data.synthetic_examples=1024"]
-    with log.open("w") as sink:
-        search = subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
-        )
-        deadline = time.monotonic() + 300
-        while "[trial" not in log.read_text():
-            assert search.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-            time.sleep(0.1)
-        victim = _tuner_pid(search.pid, "tuner1")
-        os.kill(victim, signal.SIGKILL)
-        assert search.wait(timeout=600) == 0, log.read_text()[-3000:]
+    code, victim = _kill_during_a_trial(cmd, log, "tuner1")
+    assert code == 0, log.read_text()[-3000:]
     text = log.read_text()
     assert f"tuner1 (pid {victim}) was killed by SIGKILL; restarting it" in text
     best = json.loads((out / "best.json").read_text())
@@ -149,23 +135,32 @@ def test_a_lost_tuner_chief_ends_the_search_with_exit_4_and_the_rerun_finishes_i
     out = tmp_path / "c"
     cmd = [sys.executable, "-m", "scripts.tune", "--tuner", "random", "--max-trials", "2"]
     cmd += ["--max-epochs", "1", "--out", str(out), "--local-workers", "1", *TINY_SEARCH]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     log = tmp_path / "log.txt"
+    code, chief = _kill_during_a_trial(cmd, log, "chief")
+    assert code == 4, log.read_text()[-3000:]
+    text = log.read_text()
+    assert f"the search lost chief (pid {chief}), which was killed by SIGKILL" in text, text[-3000:]
+    assert "Run the same command again to resume it" in text
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=ENV, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((out / "best.json").read_text())["finished_trials"] == 2
+
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _kill_during_a_trial(cmd: list[str], log: Path, tuner_id: str) -> tuple[int, int]:
+    """Starts a distributed search writing to `log`, kill -9s `tuner_id` once a trial has
+    started; returns the search's exit code and the killed pid."""
     with log.open("w") as sink:
-        search = subprocess.Popen(cmd, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        search = subprocess.Popen(cmd, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, env=ENV)
         deadline = time.monotonic() + 300
         while "[trial" not in log.read_text():
             assert search.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.1)
-        chief = _tuner_pid(search.pid, "chief")
-        os.kill(chief, signal.SIGKILL)
-        assert search.wait(timeout=120) == 4, log.read_text()[-3000:]
-    text = log.read_text()
-    assert f"the search lost chief (pid {chief}), which was killed by SIGKILL" in text, text[-3000:]
-    assert "Run the same command again to resume it" in text
-    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads((out / "best.json").read_text())["finished_trials"] == 2
+        victim = _tuner_pid(search.pid, tuner_id)
+        os.kill(victim, signal.SIGKILL)
+        return search.wait(timeout=600), victim
 
 
 def _tuner_pid(launcher: int, tuner_id: str) -> int:
