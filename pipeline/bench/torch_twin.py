@@ -132,8 +132,14 @@ def _is_bias(name: str) -> bool:
     return name.endswith("bias")
 
 
+def _is_bn_shift(name: str) -> bool:
+    """A BN layer's shift: what the project's `bias_lr_scale` applies to (steps.is_bn_shift),
+    not the whitening stem's bias."""
+    return ".norms." in name and name.endswith(".bias")
+
+
 def _make_optimizer(model, cfg: Config, length: RunLength):
-    """SGD with (Nesterov) momentum and the bias lr multiplier, and `lr_at(step)`: the
+    """SGD with (Nesterov) momentum and the BN-shift lr multiplier, and `lr_at(step)`: the
     project's own schedule (`optim.lr_at`), so both sides follow the same rates. Decoupled
     weight decay is applied in the step, as Keras applies it (w -= lr * wd * w)."""
     import torch  # noqa: PLC0415
@@ -145,8 +151,8 @@ def _make_optimizer(model, cfg: Config, length: RunLength):
         raise TwinError(f"the PyTorch twin trains with SGD or Nesterov, not {o.optimizer}")
     named = [(n, t) for n, t in model.named_parameters() if t.requires_grad]
     groups = [
-        {"params": [t for n, t in named if not _is_bias(n)], "scale": 1.0},
-        {"params": [t for n, t in named if _is_bias(n)], "scale": o.bias_lr_scale},
+        {"params": [t for n, t in named if not _is_bn_shift(n)], "scale": 1.0},
+        {"params": [t for n, t in named if _is_bn_shift(n)], "scale": o.bias_lr_scale},
     ]
     opt = torch.optim.SGD(
         groups, lr=o.lr, momentum=o.momentum, nesterov=o.optimizer == "nesterov" and o.momentum > 0
