@@ -28,9 +28,9 @@ WHITEN_IMAGES = 5_000  # training images whose 2x2 patches set the stem (airbenc
 
 STEMS = ("whiten", "conv", "none")
 POOLS = ("max", "avg")
-HEADS = ("max", "avg", "flatten")
+HEADS = ("max", "avg", "flatten", "maxpool3")
 ACTIVATIONS = ("gelu", "relu")
-INITS = ("airbench", "glorot")
+INITS = ("airbench", "airbench_muon", "glorot")
 
 
 @keras.saving.register_keras_serializable(package="cifar_pipeline")
@@ -52,6 +52,23 @@ class DiracUniform(keras.initializers.Initializer):
         keep[..., :n] = 0.0
         random = torch_default_init(self.seed)(shape, dtype)
         return random * keras.ops.convert_to_tensor(keep, dtype) + identity
+
+    def get_config(self):
+        return {"seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="cifar_pipeline")
+class UnitStd(keras.initializers.Initializer):
+    """airbench94_muon's head: PyTorch's Linear default, then scaled so the drawn weights'
+    standard deviation is exactly 1 (`w *= 1 / w.std()`); its logits are divided by the
+    width (`logit_scale`)."""
+
+    def __init__(self, seed=None):
+        self.seed = seed
+
+    def __call__(self, shape, dtype=None):
+        w = torch_default_init(self.seed)(shape, dtype)
+        return w / keras.ops.std(w)
 
     def get_config(self):
         return {"seed": self.seed}
@@ -148,25 +165,38 @@ def custom_convnet(
     # BatchNorm(momentum=0.6) passes PyTorch momentum 1 - 0.6 = 0.4, the new batch's weight
     pool: str = "max",  # "max" | "avg": halves each stage's resolution
     residual: bool = False,  # add a skip around each stage's later convs
-    head: str = "max",  # "max" | "avg" (global pooling) | "flatten"
+    head: str = "max",  # "max" | "avg" (global pooling) | "flatten" | "maxpool3": a 3x3
+    # max pool, then flatten: airbench's MaxPool2d(3), on the last 4x4 map the max over
+    # its top-left 3x3
     dropout: float = 0.0,
     activation: str = "gelu",
     logit_scale: float = 1 / 9,  # airbench scales logits down; keeps early softmax soft
-    init: str = "airbench",  # "airbench": DiracUniform convs, PyTorch's default head; "glorot"
+    init: str = "airbench",  # "airbench": DiracUniform convs, PyTorch's default head;
+    # "airbench_muon": also a unit-std head and PyTorch's default whitening bias; "glorot"
     fused: bool = True,  # fused BN + GELU kernels (models/fast_layers.py); False = stock Keras
     sync_bn: bool = True,  # with >1 replicas, BN statistics of the global batch (N replicas
     # train as one); costs an all-reduce per BN layer and the unfused kernel
 ):
     _check_choices(size=(size, SIZES), stem=(stem, STEMS), pool=(pool, POOLS), head=(head, HEADS))
     _check_choices(activation=(activation, ACTIVATIONS), init=(init, INITS))
-    airbench_init = init == "airbench"
+    airbench_init = init in ("airbench", "airbench_muon")
+    muon_init = init == "airbench_muon"
     conv_init = DiracUniform() if airbench_init else "glorot_uniform"
     widths = list(widths or SIZES[size])
     inputs = keras.Input((32, 32, 3))
     x = inputs
     if stem == "whiten":
         # Frozen conv; its kernel is set from data by `whiten_stem`, its bias learns.
-        x = keras.layers.Conv2D(2 * WHITEN_EIGEN, WHITEN_PATCH, padding="valid", name="whiten")(x)
+        # airbench94_muon's nn.Conv2d keeps PyTorch's default bias; airbench94 zeroes it.
+        bound = 1 / np.sqrt(WHITEN_PATCH**2 * 3)  # PyTorch: U(+-1/sqrt(the kernel's fan_in))
+        bias_init = keras.initializers.RandomUniform(-bound, bound) if muon_init else "zeros"
+        x = keras.layers.Conv2D(
+            2 * WHITEN_EIGEN,
+            WHITEN_PATCH,
+            padding="valid",
+            bias_initializer=bias_init,
+            name="whiten",
+        )(x)
         x = _activation(activation, fused)(x)
     elif stem == "conv":
         x = keras.layers.Conv2D(
@@ -196,7 +226,9 @@ def custom_convnet(
             y = bn(y) if bn is not None else y
             y = _activation(activation, fused)(y)
             x = keras.layers.Add()([x, y]) if residual and d > 0 else y
-    if head == "flatten":
+    if head in ("flatten", "maxpool3"):
+        if head == "maxpool3":
+            x = keras.layers.MaxPooling2D(3, name="head_pool")(x)
         x = keras.layers.Flatten()(x)
     else:
         x = (
@@ -206,7 +238,9 @@ def custom_convnet(
         )()(x)
     if dropout:
         x = keras.layers.Dropout(dropout)(x)
-    head_init = torch_default_init() if airbench_init else "glorot_uniform"
+    head_init = (
+        UnitStd() if muon_init else torch_default_init() if airbench_init else "glorot_uniform"
+    )
     logits = keras.layers.Dense(
         num_classes, use_bias=False, kernel_initializer=head_init, name="head"
     )(x)

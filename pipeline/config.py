@@ -51,7 +51,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: Literal["sgd", "nesterov", "adam", "adamw"] = "sgd"
+    optimizer: Literal["sgd", "nesterov", "adam", "adamw", "muon"] = "sgd"  # muon: conv filters
+    # by Muon (training/muon.py), everything else by Nesterov SGD with `momentum`
     lr: float = 1e-2  # peak learning rate, per global batch
     momentum: float = 0.0  # SGD momentum; "nesterov" uses it as Nesterov momentum
     weight_decay: float = 0.0  # decoupled, multiplied by the learning rate each step
@@ -63,12 +64,18 @@ class OptimConfig:
     final_lr_fraction: float = 0.0  # lr at the last step, as a fraction of the peak
     label_smoothing: float = 0.0  # probability mass spread evenly over all classes
     bias_lr_scale: float = 1.0  # lr multiplier for BN shifts (airbench94: 64; its decay not)
+    head_lr_scale: float = 1.0  # lr multiplier for the head's weights (airbench94_muon: 12.6)
+    muon_lr: float = 0.0  # optimizer=muon: the filters' peak rate, on the same schedule
+    # (airbench94_muon: 0.24; Muon's step has a fixed size, so no batch scaling)
+    muon_momentum: float = 0.6  # optimizer=muon: the filters' Nesterov momentum
     ema_decay: float = 0.0  # weight EMA evaluated instead of the raw weights; 0 = off
     lookahead_every: int = 0  # steps between Lookahead syncs (airbench94: 5): the slow copy
     # of every weight and BN statistic moves toward the weights, which are then set to it;
     # the weights end as the slow copy. 0 = off
     whiten_bias_epochs: float = 0.0  # >0: the whitening stem's bias trains this many epochs,
     # then is frozen: no update, no decay (airbench94: 3). 0 = trained throughout
+    whiten_bias_lr: Literal["schedule", "to_zero"] = "schedule"  # to_zero: the whitening
+    # bias's rate falls linearly from the peak to 0 at its freeze (airbench94_muon)
 
 
 @dataclass(frozen=True)

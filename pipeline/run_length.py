@@ -21,6 +21,10 @@ class RunLength:
         """Steps of 0-based `epoch`: a full epoch's, or what is left of the run."""
         return max(0, min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch))
 
+    def steps_for(self, epochs: float) -> int:
+        """A duration given in epochs (a freeze after 3 epochs) as steps, at least 1."""
+        return max(1, round(epochs * self.steps_per_epoch))
+
 
 def run_length(train_examples: int, batch_size: int, epochs: float, cut: int = 0) -> RunLength:
     """Full batches per epoch (the remainder is dropped), cut to `cut` steps when > 0;

@@ -54,7 +54,7 @@ def compiled_loop(cfg, strategy, inputs, steps: int) -> tuple:
     from pipeline.training.steps import make_train_step  # noqa: PLC0415
 
     model, opt = fresh_model_and_optimizer(cfg, strategy, inputs, steps)
-    step_fn = make_train_step(model, opt, inputs, cfg, strategy)
+    step_fn = make_train_step(model, opt, inputs, cfg, strategy, schedule_length(steps))
     data_fn = inputs.train_dataset_fn(inputs.run_length(DATA_EPOCHS))
     iterator = iter(strategy.distribute_datasets_from_function(data_fn))
     return model, lambda n: step_fn(iterator, tf.constant(n)).numpy()

@@ -133,7 +133,7 @@ def _is_bias(name: str) -> bool:
 
 
 def _is_bn_shift(name: str) -> bool:
-    """A BN layer's shift: what the project's `bias_lr_scale` applies to (steps.is_bn_shift),
+    """A BN layer's shift: what the project's `bias_lr_scale` applies to (optim.is_bn_shift),
     not the whitening stem's bias."""
     return ".norms." in name and name.endswith(".bias")
 

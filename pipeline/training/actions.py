@@ -129,14 +129,12 @@ def from_config(cfg: Config, model, length: RunLength, strategy) -> Actions:
     o = cfg.optim
     actions: list[Action] = []
     if o.whiten_bias_epochs:
-        actions.append(FreezeAfter([_whitening_bias(model)], _steps(o.whiten_bias_epochs, length)))
+        actions.append(
+            FreezeAfter([_whitening_bias(model)], length.steps_for(o.whiten_bias_epochs))
+        )
     if o.lookahead_every:
         actions.append(Lookahead(model, o.lookahead_every, length.total_steps, strategy))
     return Actions(actions, length)
-
-
-def _steps(epochs: float, length: RunLength) -> int:
-    return max(1, round(epochs * length.steps_per_epoch))
 
 
 def _whitening_bias(model):

@@ -31,6 +31,8 @@ def fit_with_keras(model, inputs: Inputs, cfg: Config, strategy, log=print) -> d
         "data.augment_on_device": cfg.data.augment_on_device,
         "train.tta": cfg.train.tta != "none",
         "optim.bias_lr_scale": cfg.optim.bias_lr_scale != 1.0,
+        "optim.head_lr_scale": cfg.optim.head_lr_scale != 1.0,
+        "optim.whiten_bias_lr": cfg.optim.whiten_bias_lr != "schedule",
         "optim.ema_decay": cfg.optim.ema_decay != 0.0,
         "train.bn_recalibration_batches": cfg.train.bn_recalibration_batches != 0,
         "optim.lookahead_every": cfg.optim.lookahead_every != 0,

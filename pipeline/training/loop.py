@@ -131,7 +131,13 @@ class Trainer:
         trained = tuple(id(v) for v in steps.trainable(self.model))
         if trained != self._trained:
             self._train_steps = steps.make_train_step(
-                self.model, self.optimizer, self.inputs, self.cfg, self.strategy, self._stop_flag
+                self.model,
+                self.optimizer,
+                self.inputs,
+                self.cfg,
+                self.strategy,
+                self.length,
+                self._stop_flag,
             )
             self._trained = trained
         return self._train_steps

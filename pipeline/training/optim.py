@@ -7,9 +7,9 @@ import math
 import keras
 import tensorflow as tf
 
-from pipeline.config import Config, OptimConfig
+from pipeline.config import Config, ConfigError, OptimConfig
 from pipeline.run_length import RunLength
-from pipeline.training import precision
+from pipeline.training import muon, precision
 
 
 def lr_at(step, cfg: OptimConfig, length: RunLength):
@@ -66,7 +66,78 @@ def make_optimizer(cfg: OptimConfig, length: RunLength):
         )
     if cfg.optimizer == "adam":
         return keras.optimizers.Adam(**common)
+    if cfg.optimizer == "muon":
+        if cfg.muon_lr <= 0 or cfg.lr <= 0:
+            raise ConfigError(
+                "optim.optimizer=muon needs optim.muon_lr (the filters' rate) and optim.lr "
+                f"(the other variables') above 0; got {cfg.muon_lr} and {cfg.lr}: e.g. --set "
+                "optim.muon_lr=0.24"
+            )
+        return muon.FilterMuon(
+            muon_lr_scale=cfg.muon_lr / cfg.lr,
+            momentum=cfg.momentum,
+            muon_momentum=cfg.muon_momentum,
+            **common,
+        )
     return keras.optimizers.AdamW(**{**common, "weight_decay": cfg.weight_decay})
+
+
+def is_bn_shift(variable) -> bool:
+    """A batch norm's learned shift (beta): what airbench94's 64x rate applies to. Other
+    biases (the whitening stem's) learn at the base rate, as airbench94's do."""
+    return _variable_name(variable) == "beta"
+
+
+def is_head(variable) -> bool:
+    """The classifier head's weights (the `head` layer of custom_convnet)."""
+    return _layer_name(variable) == "head"
+
+
+def is_whitening_bias(variable) -> bool:
+    return _layer_name(variable) == "whiten" and _variable_name(variable) == "bias"
+
+
+def _path(variable) -> list[str]:
+    return (getattr(variable, "path", None) or variable.name).split(":")[0].split("/")
+
+
+def _variable_name(variable) -> str:
+    return _path(variable)[-1]
+
+
+def _layer_name(variable) -> str:
+    parts = _path(variable)
+    return parts[-2] if len(parts) > 1 else ""
+
+
+def rate_multipliers(variables: list, cfg: OptimConfig, length: RunLength):
+    """Per-variable learning-rate multipliers at a step, as `multipliers(step) -> list`, or
+    None when every one is 1. The step applies them to the gradients: for SGD with momentum
+    that is the same as scaling the rate, and decoupled decay stays at the base rate, as
+    airbench's does.
+
+    BN shifts take `bias_lr_scale`, the head `head_lr_scale`; with `whiten_bias_lr="to_zero"`
+    the whitening bias's rate falls linearly from the peak to 0 at its freeze
+    (airbench94_muon: `lr * (1 - step / whiten_bias_train_steps)`), whatever the schedule.
+    """
+    fixed = [
+        cfg.bias_lr_scale if is_bn_shift(v) else cfg.head_lr_scale if is_head(v) else 1.0
+        for v in variables
+    ]
+    ramp = [cfg.whiten_bias_lr == "to_zero" and is_whitening_bias(v) for v in variables]
+    if all(k == 1.0 for k in fixed) and not any(ramp):
+        return None
+    freeze = float(length.steps_for(cfg.whiten_bias_epochs)) if any(ramp) else 1.0
+
+    def multipliers(step):
+        step = tf.cast(step, tf.float32)
+        # The wanted rate over the schedule's: the step scales by the schedule already.
+        to_zero = tf.math.divide_no_nan(
+            cfg.lr * tf.maximum(0.0, 1.0 - step / freeze), lr_at(step, cfg, length)
+        )
+        return [to_zero if r else k for k, r in zip(fixed, ramp, strict=True)]
+
+    return multipliers
 
 
 def cross_entropy(

@@ -10,18 +10,12 @@ import tensorflow as tf
 
 from pipeline.config import Config
 from pipeline.data.datasets import Inputs
+from pipeline.run_length import RunLength
 from pipeline.training import optim
 
 
 def trainable(model) -> list:
     return list(model.trainable_variables)
-
-
-def is_bn_shift(variable) -> bool:
-    """A batch norm's learned shift (beta): what airbench94's 64x rate applies to. Other
-    biases (the whitening stem's) learn at the base rate, as airbench94's do."""
-    name = getattr(variable, "path", None) or variable.name
-    return name.split("/")[-1].split(":")[0] == "beta"
 
 
 def _regularisation(model) -> tf.Tensor | float:
@@ -41,9 +35,11 @@ def make_train_step(
     inputs: Inputs,
     cfg: Config,
     strategy: tf.distribute.Strategy,
+    length: RunLength,
     stop_flag: tf.Variable | None = None,
 ) -> Callable:
-    """Returns `train_steps(iterator, n) -> (loss_sum, correct, count)`, compiled.
+    """Returns `train_steps(iterator, n) -> (loss_sum, correct, count)`, compiled, for a run
+    of `length` (what step-dependent rate multipliers need).
 
     Runs `n` steps in one `tf.function` call (fewer Python round trips). Each replica's
     loss is its per-example losses summed and divided by the GLOBAL batch, so the sum the
@@ -58,11 +54,9 @@ def make_train_step(
     on_device = cfg.data.augment_on_device
     num_classes, smoothing = cfg.model.num_classes, cfg.optim.label_smoothing
     variables = trainable(model)
-    # BN shifts may learn faster (airbench: 64x). Scaling their gradients is the same as
-    # scaling their learning rate for SGD with momentum (not for Adam); decoupled weight
-    # decay is not scaled, as airbench94's decay is not.
-    grad_scales = [cfg.optim.bias_lr_scale if is_bn_shift(v) else 1.0 for v in variables]
-    scale_grads = cfg.optim.bias_lr_scale != 1.0
+    # Some variables learn at a multiple of the rate (airbench: BN shifts at 64x), by
+    # scaling their gradients: the same for SGD with momentum (not for Adam).
+    multipliers = optim.rate_multipliers(variables, cfg.optim, length)
 
     def gradients(x, y):
         if on_device:
@@ -73,10 +67,7 @@ def make_train_step(
             loss = tf.reduce_sum(per_example) / global_batch
             loss += _regularisation(model) / replicas
             scaled = optimizer.scale_loss(loss)
-        grads = tape.gradient(scaled, variables)
-        if scale_grads:
-            grads = [g * k if k != 1.0 else g for g, k in zip(grads, grad_scales, strict=True)]
-        return grads, _step_totals(per_example, logits, y)
+        return tape.gradient(scaled, variables), _step_totals(per_example, logits, y)
 
     if cfg.train.jit_compile:
         # XLA fuses the whole forward and backward pass; the optimizer's cross-replica
@@ -85,6 +76,9 @@ def make_train_step(
 
     def replica_step(x, y):
         grads, totals = gradients(x, y)
+        if multipliers is not None:
+            scales = multipliers(optimizer.iterations)
+            grads = [g * k for g, k in zip(grads, scales, strict=True)]
         optimizer.apply(grads, variables)
         return totals
 

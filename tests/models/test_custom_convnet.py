@@ -105,7 +105,7 @@ def test_bias_learning_rate_scale_targets_bn_shifts_only():
     # airbench94 gives its 64x rate to the parameters named "norm...bias" (BN shifts); the
     # whitening conv's bias is among its "other_params", at the base rate.
     model = build_model(ModelConfig(name="custom_convnet", params={"size": "tiny"}))
-    scaled = [v.path for v in model.trainable_variables if steps.is_bn_shift(v)]
+    scaled = [v.path for v in model.trainable_variables if optim.is_bn_shift(v)]
     assert sorted(scaled) == sorted(f"stage{s}_bn{d}/beta" for s in range(3) for d in range(2))
     assert "whiten/bias" in [v.path for v in model.trainable_variables]
 

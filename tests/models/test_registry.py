@@ -52,7 +52,7 @@ def test_a_few_steps_on_one_batch_lower_the_loss(name):
     with precision.policy_scope("float32"):
         model = registry.build_model(cfg.model)
     opt = optim.make_optimizer(cfg.optim, RunLength(1, 10))
-    step = steps.make_train_step(model, opt, inputs, cfg, strategy)
+    step = steps.make_train_step(model, opt, inputs, cfg, strategy, RunLength(1, 10))
     it = iter(inputs.train_dataset_fn(inputs.run_length(10))())
     losses = []
     for _ in range(6):

@@ -60,7 +60,7 @@ def test_allowed_values_come_from_the_field_types():
     assert choices("train.precision") == ("auto", "float32", "mixed_bfloat16", "mixed_float16")
     assert choices("data.augment.flip") == ("none", "random", "alternate")
     literal_keys = [k for k in valid_keys() if k != "model.params" and choices(k)]
-    assert len(literal_keys) == 10
+    assert len(literal_keys) == 11
     for key in literal_keys:  # every default is allowed, every allowed value is accepted
         default = Config()
         for part in key.split("."):

@@ -87,7 +87,7 @@ def test_float16_train_step_skips_a_non_finite_batch_and_scales_the_loss():
         optim.make_optimizer(cfg.optim, RunLength(10, 10)), "mixed_float16"
     )
     opt.build(model.trainable_variables)
-    step = steps.make_train_step(model, opt, inputs, cfg, strategy)
+    step = steps.make_train_step(model, opt, inputs, cfg, strategy, RunLength(10, 10))
     x = tf.constant(np.random.default_rng(0).standard_normal((32, 32, 32, 3)), tf.float32)
     y = tf.constant(np.arange(32) % 10, tf.int32)
     poisoned = tf.tensor_scatter_nd_update(x, [[0, 0, 0, 0]], [np.inf])
