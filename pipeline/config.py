@@ -89,6 +89,8 @@ class TrainConfig:
     # precision turns it on there); on CPU oneDNN's kernels beat XLA's, measured
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
     cpu_replicas: int = 0  # >0: split the CPU into N logical devices for "mirrored"
+    slurm_port: int = 8888  # multi_worker under srun: the port of each node's first task;
+    # its other tasks take the next ones
     loop: Literal["custom", "fit"] = "custom"  # custom: the project's loop; fit: model.fit
     out_dir: str | None = None  # outputs; None = nothing written
     checkpoint_every: int = 1  # epochs between checkpoints; at most this many are redone

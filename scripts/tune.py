@@ -9,7 +9,9 @@ Rerunning a search on the same --out resumes it (finished trials are not rerun);
 --overwrite starts afresh. On a cluster, run the same command on every machine with
 KERASTUNER_TUNER_ID ("chief" on one, "tuner0", "tuner1", ... on the others),
 KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT (the chief's address) set; --out must
-be a shared folder. Outputs: best.json, leaderboard.md, histories/, search/ (keras-tuner).
+be a shared folder. Under SLURM, run it through srun instead: task 0 becomes the chief
+(its oracle on port 8888 of its node; --set train.slurm_port=N to move it) and the other
+tasks its workers. Outputs: best.json, leaderboard.md, histories/, search/ (keras-tuner).
 """
 
 from __future__ import annotations
@@ -106,8 +108,11 @@ def main() -> int:
 
         before_local_launch(args.out, base_config(args).data)
         return local_search(args.local_workers, sys.argv[1:], args.allow_exposed_workers)
-    from tuning.search import search  # noqa: PLC0415
+    from pipeline.training.distribute import in_slurm_step  # noqa: PLC0415
+    from tuning.search import search, slurm_tuner_env  # noqa: PLC0415
 
+    if in_slurm_step() and "KERASTUNER_TUNER_ID" not in os.environ:
+        os.environ.update(slurm_tuner_env(base_config(args).train.slurm_port))
     best = search(
         base_config(args), args.tuner, args.out, args.max_trials, args.max_epochs, args.overwrite
     )

@@ -52,6 +52,23 @@ def is_worker() -> bool:
     return tuner_id is not None and tuner_id != "chief"
 
 
+def slurm_tuner_env(port: int) -> dict:
+    """keras-tuner's variables for this srun task, from SLURM's through TensorFlow's
+    SlurmClusterResolver: task 0 is the chief (its oracle serves on its node at `port`),
+    task i the worker "tuner{i-1}". Every task then runs the same command line."""
+    from pipeline.training import distribute  # noqa: PLC0415 - imports TensorFlow
+
+    resolver = distribute.slurm_resolver(port)
+    chief = resolver.cluster_spec().as_dict()["worker"][0]
+    _, rank = resolver.get_task_info()
+    host, chief_port = chief.rsplit(":", 1)
+    return {
+        "KERASTUNER_TUNER_ID": "chief" if rank == 0 else f"tuner{rank - 1}",
+        "KERASTUNER_ORACLE_IP": host,
+        "KERASTUNER_ORACLE_PORT": chief_port,
+    }
+
+
 def search(
     base: Config, kind: str, out: str, max_trials: int, max_epochs: int, overwrite: bool = False
 ) -> dict | None:

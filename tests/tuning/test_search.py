@@ -276,3 +276,24 @@ def test_hyperband_continuation_trains_only_the_later_epochs_on_the_same_schedul
     continued = hypermodel.fit(hp, hypermodel.build(hp), epochs=3, initial_epoch=2).history
     assert len(full["lr"]) == 3 and len(continued["lr"]) == 1
     assert continued["lr"][0] == pytest.approx(full["lr"][2])
+
+
+@pytest.mark.parametrize("procid, tuner_id", [("0", "chief"), ("1", "tuner0"), ("3", "tuner2")])
+def test_srun_tasks_become_the_tuners_chief_and_workers(monkeypatch, procid, tuner_id):
+    from tuning.search import slurm_tuner_env
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("PATH", "")  # CPU nodes: no nvidia-smi
+    slurm = {
+        "SLURM_PROCID": procid,
+        "SLURM_STEP_NUM_TASKS": "4",
+        "SLURM_STEP_NODELIST": "cn[07-08]",
+        "SLURM_STEP_TASKS_PER_NODE": "2(x2)",
+    }
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    assert slurm_tuner_env(port=9100) == {
+        "KERASTUNER_TUNER_ID": tuner_id,
+        "KERASTUNER_ORACLE_IP": "cn07",
+        "KERASTUNER_ORACLE_PORT": "9100",
+    }
