@@ -157,13 +157,36 @@ def to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+# config.json's format. Raise it when a field changes meaning or goes away (a new field
+# whose default keeps the old behaviour needs no new version); from_dict refuses others.
+CONFIG_VERSION = 1
+
+
+def to_record(cfg: Config, **records) -> dict:
+    """What a run's config.json holds: the config, its format's version and `records`
+    (e.g. what "auto" resolved to), which `from_dict` skips."""
+    return {**to_dict(cfg), "version": CONFIG_VERSION, **records}
+
+
 def from_dict(d: dict) -> Config:
-    """Inverse of `to_dict` (a run's config.json too); unknown keys raise.
+    """Inverse of `to_dict` and `to_record` (a run's config.json too); unknown keys raise.
 
     config.json's "resolved" section (what "auto" became on the machine) is a record,
-    not a setting, and is skipped.
+    not a setting, and is skipped. Files written before versions existed read as version 1.
+
+    Raises:
+        ConfigError: for another version, an unknown key or a value of the wrong type,
+            naming the field.
     """
-    return override(Config(), flatten({k: v for k, v in d.items() if k != "resolved"}))
+    version = d.get("version", CONFIG_VERSION)
+    if version != CONFIG_VERSION:
+        raise ConfigError(
+            f"config field version is {version!r}, and this cifar-pipeline reads version "
+            f"{CONFIG_VERSION}: use the cifar-pipeline that wrote it, or start from an "
+            "experiment (--experiment NAME) with --set for the fields you need"
+        )
+    settings = {k: v for k, v in d.items() if k not in ("resolved", "version")}
+    return override(Config(), flatten(settings))
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -45,13 +45,15 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--test-examples", type=int, help="test examples (default 10000)")
 
 
-def add_experiment_args(parser: argparse.ArgumentParser) -> None:
-    """--model NAME (its best-known experiment) or --experiment NAME (alias --preset)."""
+def add_experiment_args(parser: argparse.ArgumentParser):
+    """--model NAME (its best-known experiment) or --experiment NAME (alias --preset); returns
+    their mutually exclusive group, for other ways to name the recipe."""
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", help="a registered model, trained with its best-known recipe")
     which.add_argument(
         "--experiment", "--preset", dest="experiment", help="a named experiment (see --list)"
     )
+    return which
 
 
 def experiment_config(args: argparse.Namespace, default_model: str):

@@ -22,8 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from pipeline.config import Config, ConfigError, choices, override, parse_overrides, valid_keys
+from pipeline.config import (
+    Config,
+    ConfigError,
+    choices,
+    from_dict,
+    override,
+    parse_overrides,
+    to_record,
+    valid_keys,
+)
 from scripts.common import (
     add_data_args,
     add_experiment_args,
@@ -51,7 +61,12 @@ FLAGS = {  # flag -> config key
 
 def parse(argv=None) -> argparse.Namespace:
     p = command_parser("cifar-train", __doc__)
-    add_experiment_args(p)
+    add_experiment_args(p).add_argument(
+        "--config", metavar="RUN/config.json", help="rerun the recipe a run recorded"
+    )
+    p.add_argument(
+        "--print-config", action="store_true", help="print the config as it would train; exit"
+    )
     p.add_argument("--epochs", type=float, help="may be fractional (9.9: airbench94's 476 steps)")
     p.add_argument("--batch-size", type=int, help="global batch, over all replicas")
     p.add_argument("--lr", type=float, help="peak learning rate")
@@ -75,7 +90,11 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def build_config(args: argparse.Namespace) -> Config:
-    cfg = experiment_config(args, Config().model.name)
+    cfg = (
+        recorded_config(args.config)
+        if args.config
+        else experiment_config(args, Config().model.name)
+    )
     updates = {
         key: getattr(args, flag) for flag, key in FLAGS.items() if getattr(args, flag) is not None
     }
@@ -89,6 +108,27 @@ def build_config(args: argparse.Namespace) -> Config:
     if not cfg.train.epochs > 0:
         raise ConfigError(f"--epochs must be > 0 (e.g. 10 or 9.9), got {cfg.train.epochs}")
     return cfg
+
+
+def recorded_config(path: str) -> Config:
+    """The recipe a run's config.json recorded, without its output folder (a rerun writes
+    where --out says, not over the run it came from).
+
+    Raises:
+        ConfigError: for a missing or unreadable file, or a field this version rejects.
+    """
+    try:
+        recorded = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"--config {path}: no such file; give a run's config.json (cifar-train --out DIR "
+            "writes DIR/config.json)"
+        ) from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"--config {path} is not a readable JSON config: {e}") from None
+    if not isinstance(recorded, dict):
+        raise ConfigError(f"--config {path} holds no config object (a run's config.json)")
+    return override(from_dict(recorded), {"train.out_dir": None})
 
 
 def list_choices() -> None:
@@ -122,6 +162,9 @@ def main() -> int:
         list_choices()
         return 0
     cfg = build_config(args)
+    if args.print_config:
+        print(json.dumps(to_record(cfg), indent=2))
+        return 0
     if args.local_workers:
         return launch_local_workers(args, cfg)
     from pipeline.training import run  # noqa: PLC0415 - imports TensorFlow

@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 
 from models import registry
-from pipeline.config import Config, ConfigError, to_dict
+from pipeline.config import Config, ConfigError, to_dict, to_record
 from pipeline.data import sources
 from pipeline.data.datasets import Inputs, make_inputs
 from pipeline.errors import UserError
@@ -99,7 +99,7 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
     if out and chief:
         out.mkdir(parents=True, exist_ok=True)
         # What "auto" became on this machine: a record beside the settings (from_dict skips it).
-        saved = {**to_dict(cfg), "resolved": {"train.precision": resolved}}
+        saved = to_record(cfg, resolved={"train.precision": resolved})
         write_json(out / "config.json", saved)
     model = build(cfg, strategy, inputs)
     length = inputs.run_length(cfg.train.epochs, cfg.train.steps_per_epoch)
