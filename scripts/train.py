@@ -83,6 +83,7 @@ def parse(argv=None) -> argparse.Namespace:
     add_override_arg(p)
     p.add_argument("--list", action="store_true", help="list models, experiments and config keys")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="end with metrics.json's figures as JSON")
     p.add_argument(
         "--no-export", action="store_true", help="no SavedModel in --out/export at the end"
     )
@@ -170,8 +171,34 @@ def main() -> int:
     from pipeline.training import run  # noqa: PLC0415 - imports TensorFlow
 
     metrics = run.train(cfg)
-    print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=1))
+    figures = {k: v for k, v in metrics.items() if k != "history"}
+    print(json.dumps(figures, indent=1) if args.json else summary(metrics, cfg))
     return 0
+
+
+def summary(metrics: dict, cfg: Config) -> str:
+    """What a person reads at the end of a run: accuracy, time, speed, where things are."""
+    lines = []
+    if "test_accuracy" in metrics:
+        text = f"test accuracy {metrics['test_accuracy']:.2%}"
+        if "test_accuracy_no_tta" in metrics:
+            text += f" with TTA ({cfg.train.tta}), {metrics['test_accuracy_no_tta']:.2%} without"
+        lines.append(text)
+    if "val_accuracy" in metrics:
+        lines.append(f"val accuracy {metrics['val_accuracy']:.2%}")
+    seconds = sum(row["seconds"] for row in metrics.get("history", ()))
+    speed = metrics.get("train_images_per_second")
+    text = f"training {seconds / 60:.1f} min ({seconds:,.0f} s"
+    text += f", {speed:,.0f} images/s)" if speed else ")"
+    lines.append(text + f"; {metrics['wall_seconds'] / 60:.1f} min in all")
+    out = cfg.train.out_dir
+    if out:
+        lines.append(
+            f"outputs in {out}: metrics.json, history.json, curves.png, tensorboard/ "
+            f"(tensorboard --logdir {out}/tensorboard), checkpoints/"
+            + (", export/" if cfg.train.export and cfg.train.strategy != "multi_worker" else "")
+        )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def compiled_loop(cfg, strategy, inputs, steps: int) -> tuple:
     step_fn = make_train_step(model, opt, inputs, cfg, strategy, schedule_length(steps))
     data_fn = inputs.train_dataset_fn(inputs.run_length(DATA_EPOCHS))
     iterator = iter(strategy.distribute_datasets_from_function(data_fn))
-    return model, lambda n: step_fn(iterator, tf.constant(n)).numpy()
+    return model, lambda n: step_fn(iterator, tf.constant(n))[0].numpy()
 
 
 def training_throughput(

@@ -55,8 +55,9 @@ class Trainer:
             self.optimizer.build(self._optimized)
             self._epochs_done = tf.Variable(0, dtype=tf.int64, trainable=False)
             self._epoch_step = tf.Variable(0, dtype=tf.int64, trainable=False)
-            # The epoch in progress: loss sum, correct, examples, seconds.
+            # The epoch in progress: loss sum, correct, examples, seconds; each step's loss.
             self._epoch_totals = tf.Variable(tf.zeros([4], tf.float64), trainable=False)
+            self._step_losses = tf.Variable(tf.zeros([length.steps_per_epoch]), trainable=False)
         # What the weights need (all a checkpoint of an older version holds), and what a
         # resume needs besides.
         weights = {"model": model, "optimizer": self.optimizer, "epoch": self._epochs_done}
@@ -66,6 +67,7 @@ class Trainer:
             **weights,
             epoch_step=self._epoch_step,
             epoch_totals=self._epoch_totals,
+            step_losses=self._step_losses,
             **self.actions.state(),
         )
         self._stop_flag = stop_flag
@@ -151,9 +153,13 @@ class Trainer:
             NonFiniteLossError: when the training loss becomes NaN or inf.
         """
         t0 = time.perf_counter()
-        totals = self._compiled_steps()(self._iterator, tf.constant(limit)).numpy()
+        totals, losses = self._compiled_steps()(self._iterator, tf.constant(limit))
+        totals = totals.numpy()
         seconds = time.perf_counter() - t0
         done = round(float(totals[2]) / self.cfg.data.batch_size)
+        values = self._step_losses.numpy()
+        values[self.epoch_step : self.epoch_step + done] = losses.numpy()[:done]
+        self._step_losses.assign(values)  # whole: a distributed variable takes no slice
         self._epoch_totals.assign_add(np.append(totals, seconds).astype(np.float64))
         self._epoch_step.assign_add(done)
         self.train_seconds += seconds
@@ -179,6 +185,7 @@ class Trainer:
             "train_accuracy": correct / count,
             "seconds": seconds,
             "lr": float(optim.lr_at(self.optimizer.iterations, self.cfg.optim, self.length)),
+            "step_losses": self._step_losses.numpy()[: self.epoch_step].tolist(),
         }
         self._recalibrate()
         if self._has("val"):
@@ -286,7 +293,7 @@ def fit(
             if due or stop:
                 run_dir.save(trainer.global_step, trainer.position)
             log(_summary(row, length.epochs))
-            hooks.on_epoch_end(epoch, {k: v for k, v in row.items() if k != "epoch"})
+            hooks.on_epoch_end(epoch, _epoch_logs(row))
             if stop:
                 stops.raise_stopped(f"after epoch {epoch + 1}", run_dir.what_is_kept())
     hooks.on_train_end()
@@ -346,6 +353,11 @@ def _train_rest_of_epoch(trainer: Trainer, run_dir: RunDirectory, stops, tcfg: T
             stops.raise_stopped(f"at {trainer.position}", run_dir.what_is_kept())
         if every and trainer.epoch_step % every == 0 and not trainer.epoch_complete:
             run_dir.save(trainer.global_step, trainer.position)
+
+
+def _epoch_logs(row: dict) -> dict:
+    """A history row as Keras callbacks take it: scalars only (no epoch, no step list)."""
+    return {k: v for k, v in row.items() if k not in ("epoch", "step_losses")}
 
 
 def _progress_bar(tcfg: TrainConfig, n_steps: int) -> keras.utils.Progbar:

@@ -65,6 +65,11 @@ class RunDirectory:
             for key, value in history[-1].items():
                 if isinstance(value, (int, float)) and key != "epoch":
                     tf.summary.scalar(key, value)
+        # Each step's loss at its global step (1-based), beside the per-epoch scalars.
+        first = sum(len(row.get("step_losses", ())) for row in history[:-1])
+        with self.writer.as_default():
+            for i, loss in enumerate(history[-1].get("step_losses", ())):
+                tf.summary.scalar("train_loss_per_step", loss, step=first + i + 1)
         self.writer.flush()
         from pipeline.training.curves import plot_curves  # noqa: PLC0415 - slow import
 

@@ -38,8 +38,9 @@ def make_train_step(
     length: RunLength,
     stop_flag: tf.Variable | None = None,
 ) -> Callable:
-    """Returns `train_steps(iterator, n) -> (loss_sum, correct, count)`, compiled, for a run
-    of `length` (what step-dependent rate multipliers need).
+    """Returns `train_steps(iterator, n) -> ((loss_sum, correct, count), step_losses)`,
+    compiled, for a run of `length` (what step-dependent rate multipliers need);
+    `step_losses` holds each step's mean training loss, for the per-step curve.
 
     Runs `n` steps in one `tf.function` call (fewer Python round trips). Each replica's
     loss is its per-example losses summed and divided by the GLOBAL batch, so the sum the
@@ -87,13 +88,16 @@ def make_train_step(
     @tf.function
     def train_steps(iterator, n):
         totals = tf.zeros([3])
-        for _ in tf.range(n):
+        losses = tf.TensorArray(tf.float32, size=0, dynamic_size=True)
+        for i in tf.range(n):
             if stop_requested():
                 break
             x, y = next(iterator)
             out = strategy.run(replica_step, args=(x, y))
-            totals += tf.stack([strategy.reduce("SUM", v, axis=None) for v in out])
-        return totals
+            step = tf.stack([strategy.reduce("SUM", v, axis=None) for v in out])
+            losses = losses.write(i, step[0] / step[2])
+            totals += step
+        return totals, losses.stack()
 
     return train_steps
 

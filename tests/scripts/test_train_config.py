@@ -25,11 +25,20 @@ def test_a_recorded_config_reruns_the_same_losses_and_takes_overrides(tmp_path):
     first, rerun = tmp_path / "first", tmp_path / "rerun"
     flags = [*TINY, "--epochs", "2", "--seed", "3", "--lr", "0.03", "--no-export"]
     flags += ["--set", "optim.label_smoothing=0.1"]
-    done = _train(*flags, "--out", str(first))
+    done = _train(*flags, "--out", str(first), "--json")
     assert done.returncode == 0, done.stderr[-2000:]
+    printed = json.loads(done.stdout[done.stdout.index("{") :])  # --json: the figures
+    assert (
+        printed["test_accuracy"]
+        == json.loads((first / "metrics.json").read_text())["test_accuracy"]
+    )
     recorded = first / "config.json"
     again = _train("--config", str(recorded), "--out", str(rerun), "--quiet")
     assert again.returncode == 0, again.stderr[-2000:]
+    # The run ends with a summary a person reads, not a JSON dump.
+    metrics = json.loads((rerun / "metrics.json").read_text())
+    assert f"test accuracy {metrics['test_accuracy']:.2%}" in again.stdout
+    assert "images/s" in again.stdout and f"outputs in {rerun}" in again.stdout
     losses = [
         [r["train_loss"] for r in json.loads((d / "history.json").read_text())]
         for d in (first, rerun)

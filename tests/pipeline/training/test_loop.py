@@ -240,6 +240,10 @@ def test_resume_with_cut_epochs_restores_every_variable(tmp_path):
     for a, b in zip(full["history"], resumed["history"], strict=True):
         assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-5)
         assert b["lr"] == pytest.approx(a["lr"], rel=1e-6)
+        # Each step's loss, kept across the resume (the checkpoint holds the epoch's).
+        np.testing.assert_allclose(b["step_losses"], a["step_losses"], rtol=1e-5)
+        assert np.mean(b["step_losses"]) == pytest.approx(b["train_loss"], rel=1e-5)
+    assert [len(r["step_losses"]) for r in resumed["history"]] == [5, 5, 3]
     assert resumed["test_accuracy"] == pytest.approx(full["test_accuracy"])
     assert_same_state(checkpoint_values(out), checkpoint_values(full_out))
     for name in ("config.json", "metrics.json", "history.json", "curves.png"):
