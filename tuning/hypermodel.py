@@ -13,6 +13,7 @@ import keras_tuner as kt
 from pipeline.config import Config, override
 from pipeline.data.datasets import Inputs
 from pipeline.training import loop, run
+from tuning import hparams_board
 
 MEMORY_LOG = "memory.jsonl"  # in the search's --out: one row per trial (and process)
 
@@ -108,9 +109,12 @@ class CustomConvNetHyperModel(kt.HyperModel):
         if self.history_dir and trial_id is not None:
             self.history_dir.mkdir(parents=True, exist_ok=True)
             (self.history_dir / f"{trial_id}.json").write_text(json.dumps(result["history"]))
+            hparams_board.write_trial(
+                self.history_dir.parent, trial_id, hp.values, result["history"]
+            )
             self._record_memory(trial_id)
         history = keras.callbacks.History()
-        keys = [k for k in result["history"][0] if k not in ("epoch", "seconds")]
+        keys = [k for k in result["history"][0] if k not in ("epoch", "seconds", "step_losses")]
         history.history = {k: [row[k] for row in result["history"]] for k in keys}
         return history
 

@@ -12,7 +12,7 @@ import keras_tuner as kt
 
 from pipeline.config import Config, to_dict
 from pipeline.errors import UserError
-from tuning import TUNERS
+from tuning import TUNERS, hparams_board
 from tuning.hypermodel import CustomConvNetHyperModel, config_for
 
 PROJECT = "search"  # keras-tuner's project folder inside --out
@@ -91,6 +91,8 @@ def search(
     )
     if os.environ.get("KERASTUNER_TUNER_ID") != "chief":
         tuner.search_space_summary()
+    if not is_worker():
+        hparams_board.write_search_space(out_path, tuner.oracle.get_space())
     tuner.search(epochs=base.train.epochs)
     if is_worker():
         return None

@@ -63,6 +63,31 @@ def _tune(*args, env=None, timeout=600):
     )
 
 
+def _tags(folder: Path) -> dict:
+    """{tag: [values]} of the TensorBoard events in `folder` (not its subfolders)."""
+    import tensorflow as tf
+
+    tags = collections.defaultdict(list)
+    for path in folder.glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                tensor = tf.make_ndarray(value.tensor) if value.HasField("tensor") else None
+                tags[value.tag].append(tensor)
+    return tags
+
+
+def _assert_hparams_dashboard(logdir: Path, peaks: dict) -> None:
+    """The search space at the root; one run per trial with its hyperparameters and its
+    val accuracy per epoch (what TensorBoard's HParams plugin reads)."""
+    assert "_hparams_/experiment" in _tags(logdir)
+    runs = {p.name: _tags(p) for p in logdir.glob("trial_*")}
+    assert sorted(runs) == sorted(f"trial_{t}" for t in peaks)
+    for trial_id, peak in peaks.items():
+        tags = runs[f"trial_{trial_id}"]
+        assert "_hparams_/session_start_info" in tags
+        assert max(float(v) for v in tags["val_accuracy"]) == pytest.approx(peak)
+
+
 @pytest.mark.slow
 def test_search_writes_best_resumes_and_reports(tmp_path):
     out = str(tmp_path / "s")
@@ -89,6 +114,7 @@ def test_search_writes_best_resumes_and_reports(tmp_path):
     assert best["val_accuracy"] == pytest.approx(max(peaks.values()))
     assert peaks[best["trial_id"]] == pytest.approx(best["val_accuracy"])
     assert best["config"]["model"]["name"] == "custom_convnet"
+    _assert_hparams_dashboard(tmp_path / "s" / "tensorboard", peaks)
     again = _tune(*args)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "[trial" not in again.stdout, "finished trials are not rerun"
@@ -128,6 +154,12 @@ def test_distributed_search_survives_a_killed_worker(tmp_path):
     runs = collections.Counter(row["trial_id"] for row in rows)
     assert len(runs) == 3 and set(runs.values()) == {1}, runs
     assert len({row["pid"] for row in rows}) >= 2, "both workers ran trials"
+    # Every trial, whichever worker trained it, is a run of the HParams dashboard.
+    peaks = {
+        p.stem: max(row["val_accuracy"] for row in json.loads(p.read_text()))
+        for p in (out / "histories").iterdir()
+    }
+    _assert_hparams_dashboard(out / "tensorboard", peaks)
 
 
 @pytest.mark.slow
