@@ -1,5 +1,10 @@
-"""The notebook's layer sizes, shared by its four API levels (recipes and bars live with
-the experiments, in pipeline/experiments.py)."""
+"""The notebook's layer sizes, shared by its four API levels, and the layer stacks its Keras
+variants (subclass, Sequential, functional) share (recipes and bars live with the
+experiments, in pipeline/experiments.py)."""
+
+from __future__ import annotations
+
+import keras
 
 FC_HIDDEN = 4000
 # (filters, kernel) per conv layer: Parts II/III use 32-5x5 then 16-3x3; Parts IV's
@@ -10,3 +15,27 @@ CONVNET_LAYERS = {
     "sequential": ((16, 5), (32, 3)),
     "functional": ((16, 5), (32, 3)),
 }
+
+
+def init():
+    return keras.initializers.VarianceScaling(scale=2.0)
+
+
+def fc_layers(hidden: int, num_classes: int) -> list:
+    return [
+        keras.layers.Flatten(),
+        keras.layers.Dense(hidden, activation="relu", kernel_initializer=init()),
+        keras.layers.Dense(num_classes, kernel_initializer=init()),
+    ]
+
+
+def convnet_layers(layers, num_classes: int) -> list:
+    convs = [
+        keras.layers.Conv2D(c, k, padding="same", activation="relu", kernel_initializer=init())
+        for c, k in layers
+    ]
+    return [
+        *convs,
+        keras.layers.Flatten(),
+        keras.layers.Dense(num_classes, kernel_initializer=init()),
+    ]

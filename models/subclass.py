@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from models.keras_layers import convnet_layers, fc_layers
-from models.notebook import CONVNET_LAYERS, FC_HIDDEN
+from models.notebook import CONVNET_LAYERS, FC_HIDDEN, convnet_layers, fc_layers
 from models.registry import register
 
 

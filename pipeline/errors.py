@@ -10,6 +10,21 @@ that escapes is a bug in the project and keeps its traceback.
 
 from __future__ import annotations
 
+import signal
+
+# Every command's exit codes, defined here only.
+EXIT_USER_ERROR = 2
+EXIT_DIVERGED = 3
+EXIT_WORKER_LOST = 4  # rerunning resumes
+
+
+def exit_code_for(signum: int) -> int:
+    """The shell's code for a process ended by `signum`: 143 for SIGTERM, 130 for SIGINT."""
+    return 128 + signum
+
+
+EXIT_INTERRUPTED = exit_code_for(signal.SIGINT)
+
 
 class UserError(ValueError):
     """Bad input from the user; the message names the fix (exit code 2)."""
@@ -26,11 +41,11 @@ class Preempted(BaseException):
 
     def __init__(self, signum: int, message: str):
         super().__init__(message)
-        self.exit_code = 128 + signum
+        self.exit_code = exit_code_for(signum)
 
 
 class WorkerLostError(RuntimeError):
     """A multi-worker run lost contact with another worker; the run's checkpoints are kept
     and rerunning the same command resumes (exit code 4)."""
 
-    exit_code = 4
+    exit_code = EXIT_WORKER_LOST

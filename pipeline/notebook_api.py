@@ -27,9 +27,8 @@ import numpy as np
 
 from models import lowlevel
 from models.functional import functional
-from models.keras_layers import convnet_layers, fc_layers
 from models.lowlevel import flatten, kaiming_normal, three_layer_convnet, two_layer_fc
-from models.notebook import CONVNET_LAYERS, FC_HIDDEN
+from models.notebook import CONVNET_LAYERS, FC_HIDDEN, convnet_layers, fc_layers
 from models.registry import ModelError, check_positive_ints
 from models.sequential import sequential
 from models.subclass import Stack

@@ -1,3 +1,3 @@
-"""The console commands (`cifar-data`, `cifar-train`, `cifar-bench`, `cifar-tune`,
-`cifar-notebook`): parse, build a Config, call the library; `common` holds the shared
-flags and the exit codes."""
+"""The console commands (`cifar-data`, `cifar-train`, `cifar-eval`, `cifar-export`,
+`cifar-predict`, `cifar-bench`, `cifar-tune`, `cifar-notebook`): parse, build a Config,
+call the library; `common` holds the shared flags and maps errors to exit codes."""

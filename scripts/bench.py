@@ -25,6 +25,7 @@ import sys
 
 from pipeline.bench import benchmark
 from pipeline.config import Config, choices, override, parse_overrides
+from pipeline.files import write_json
 from scripts.common import (
     add_data_args,
     add_experiment_args,
@@ -33,7 +34,6 @@ from scripts.common import (
     data_overrides,
     experiment_config,
     run_cli,
-    write_json,
 )
 
 _MODEL = "functional_three_layer_convnet"  # without --model or --preset

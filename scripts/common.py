@@ -5,18 +5,21 @@ exception is a bug and keeps its traceback)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 from collections.abc import Callable
 
-from pipeline.errors import NonFiniteLossError, Preempted, UserError, WorkerLostError
-
-EXIT_USER_ERROR = 2
-EXIT_DIVERGED = 3
-EXIT_WORKER_LOST = WorkerLostError.exit_code  # a worker was lost; rerunning resumes
-EXIT_INTERRUPTED = 130  # the shell's code for SIGINT; SIGTERM after a save gives 143
+from pipeline.errors import (
+    EXIT_DIVERGED,
+    EXIT_INTERRUPTED,
+    EXIT_USER_ERROR,
+    EXIT_WORKER_LOST,
+    NonFiniteLossError,
+    Preempted,
+    UserError,
+    WorkerLostError,
+)
 
 
 def command_parser(prog: str, doc: str) -> argparse.ArgumentParser:
@@ -161,9 +164,3 @@ def _prepare_data_in_child(cfg) -> None:
     done = subprocess.run(cmd, stdout=subprocess.DEVNULL)
     if done.returncode:
         raise SystemExit(done.returncode)  # its error is on stderr already
-
-
-def write_json(path: str, payload: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(payload, f, indent=2)
-        f.write("\n")

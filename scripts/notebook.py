@@ -20,7 +20,8 @@ import os
 import sys
 from pathlib import Path
 
-from scripts.common import add_data_args, command_parser, data_overrides, run_cli, write_json
+from pipeline.files import write_atomic, write_json
+from scripts.common import add_data_args, command_parser, data_overrides, run_cli
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -66,9 +67,7 @@ def execute_ipynb(path: Path, out: Path, env: dict[str, str], timeout: int = 360
         kernel_name="python3",
         resources={"metadata": {"path": str(path.parent)}},
     ).execute(env={**os.environ, **env})  # the kernel's environment; ours is left as it was
-    tmp = out.with_name(out.name + ".tmp")
-    nbformat.write(notebook, tmp)
-    tmp.replace(out)
+    write_atomic(out, lambda tmp: nbformat.write(notebook, tmp))
 
 
 def runs(models: list[str]) -> list[tuple[str, str]]:

@@ -14,7 +14,8 @@ import argparse
 import json
 import sys
 
-from scripts.common import EXIT_USER_ERROR, command_parser, run_cli
+from pipeline.errors import EXIT_USER_ERROR
+from scripts.common import command_parser, run_cli
 
 
 def parse(argv=None) -> argparse.Namespace:

@@ -12,6 +12,7 @@ import keras_tuner as kt
 
 from pipeline.config import Config, override
 from pipeline.data.datasets import Inputs
+from pipeline.files import write_json
 from pipeline.training import loop, run
 from tuning import hparams_board
 
@@ -108,7 +109,7 @@ class CustomConvNetHyperModel(kt.HyperModel):
         )
         if self.history_dir and trial_id is not None:
             self.history_dir.mkdir(parents=True, exist_ok=True)
-            (self.history_dir / f"{trial_id}.json").write_text(json.dumps(result["history"]))
+            write_json(self.history_dir / f"{trial_id}.json", result["history"], indent=None)
             hparams_board.write_trial(
                 self.history_dir.parent, trial_id, hp.values, result["history"]
             )

@@ -3,7 +3,6 @@ keras-tuner's own chief/worker distribution (locally on loopback with `local_sea
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,6 +11,7 @@ import keras_tuner as kt
 
 from pipeline.config import Config, to_dict
 from pipeline.errors import UserError
+from pipeline.files import write_json, write_text
 from tuning import TUNERS, hparams_board
 from tuning.hypermodel import CustomConvNetHyperModel, config_for
 
@@ -112,9 +112,9 @@ def write_results(tuner, base: Config, out: Path) -> dict:
         "config": to_dict(config_for(base, best.hyperparameters)),
         "finished_trials": len(trials),
     }
-    (out / "best.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "best.json", result)
     rows = leaderboard((t.trial_id, t.score, t.hyperparameters.values) for t in ranked)
-    (out / "leaderboard.md").write_text("\n".join(rows) + "\n")
+    write_text(out / "leaderboard.md", "\n".join(rows) + "\n")
     return result
 
 

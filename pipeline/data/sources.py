@@ -12,6 +12,7 @@ import numpy as np
 
 from pipeline.config import DataConfig
 from pipeline.data.cifar_files import DataError, binary_release, check_bin_folder
+from pipeline.files import write_json
 
 __all__ = ["DataError", "Split", "Splits", "import_local_copy", "load_splits", "normalised"]
 
@@ -174,10 +175,8 @@ def _cached_stats(train: Split, spec: str, folder: Path) -> tuple[np.ndarray, np
     if spec not in stored:
         mean, std = channel_stats(train.images)
         stored[spec] = {"mean": mean.tolist(), "std": std.tolist()}
-        tmp = path.with_suffix(".tmp")
         try:
-            tmp.write_text(json.dumps(stored, indent=1))
-            tmp.replace(path)
+            write_json(path, stored, indent=1)
         except OSError:  # a read-only data dir still trains; it just recomputes next time
             return mean, std
     return (

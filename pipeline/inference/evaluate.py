@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from pipeline.files import write_json
 from pipeline.inference.restore import Restored, RunDirError
 from pipeline.training import steps
 from pipeline.training.curves import pyplot, save_figure
-from pipeline.training.run_dir import write_json
 
 MISTAKES_SHOWN = 24  # images in mistakes.png
 

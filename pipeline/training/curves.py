@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.files import write_atomic
+
 
 def pyplot():
     """matplotlib.pyplot on the file-only backend; imported when a picture is written."""
@@ -19,11 +21,12 @@ def pyplot():
 
 
 def save_figure(fig, path: Path) -> None:
-    """Writes then renames, so a reader never sees half a PNG; closes the figure."""
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    pyplot().close(fig)
-    tmp.replace(path)
+    """Writes the PNG whole or not at all (a reader never sees half of one); closes the
+    figure."""
+    try:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=90))
+    finally:
+        pyplot().close(fig)
 
 
 SMOOTHED_POINTS = 40  # the per-step loss is averaged over about 1/40 of the run

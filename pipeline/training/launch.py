@@ -19,10 +19,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import UserError, WorkerLostError
+from pipeline.errors import EXIT_WORKER_LOST, UserError, exit_code_for
 from pipeline.training import private_network
 
-EXIT_WORKER_LOST = WorkerLostError.exit_code
 POLL_SECONDS = 0.2
 # After one worker is lost, how long the others get to end by themselves (their
 # collectives fail at once when the peer's connection resets) before they are killed.
@@ -165,7 +164,7 @@ def supervise(children: list[Child], restart: frozenset[str] = frozenset(), max_
     if lost:
         return EXIT_WORKER_LOST, lost
     if stopping:
-        return 128 + stopping[0], None
+        return exit_code_for(stopping[0]), None
     return run_code or next((c.proc.returncode for c in children if c.proc.returncode), 0), None
 
 

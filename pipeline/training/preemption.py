@@ -17,7 +17,7 @@ import threading
 
 import tensorflow as tf
 
-from pipeline.errors import Preempted
+from pipeline.errors import Preempted, exit_code_for
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -95,4 +95,4 @@ class StopRequests:
 def _exit_now(signum: int) -> None:
     print(f"{signal.Signals(signum).name} again: exiting without saving", file=sys.stderr)
     sys.stderr.flush()
-    os._exit(128 + signum)
+    os._exit(exit_code_for(signum))

@@ -14,9 +14,9 @@ from pipeline.config import Config, ConfigError, to_dict, to_record
 from pipeline.data import sources
 from pipeline.data.datasets import Inputs, make_inputs
 from pipeline.errors import UserError
+from pipeline.files import write_json
 from pipeline.training import distribute, export, loop, out_claim, precision
 from pipeline.training.keras_fit import fit_with_keras
-from pipeline.training.run_dir import write_json
 
 
 class RunError(UserError):

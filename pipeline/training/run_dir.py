@@ -5,22 +5,15 @@ saving is collective."""
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
 import tensorflow as tf
 
+from pipeline.files import write_json
 from pipeline.training.out_claim import check_free_space
 
 SMALL_FILES_BYTES = 8 * 2**20  # history, curves, TensorBoard events, config, metrics
-
-
-def write_json(path: Path, payload) -> None:
-    """Writes then renames: a kill mid-write never leaves a half file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 class RunDirectory:
