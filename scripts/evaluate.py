@@ -3,6 +3,7 @@
   cifar-eval runs/challenge            # writes runs/challenge/eval/
   cifar-eval runs/challenge --out DIR
 
+Reads only the test split (from --data-dir, else from where the run read its data).
 Restores the run's latest checkpoint (the weights the run is judged by: the EMA's when
 its recipe keeps one) on this machine's default device, whatever strategy trained it,
 and writes metrics.json (test accuracy with and without the run's test-time
@@ -25,6 +26,10 @@ def parse(argv=None) -> argparse.Namespace:
     p = command_parser("cifar-eval", __doc__)
     p.add_argument("run_dir", help="the --out folder of a cifar-train run")
     p.add_argument("--out", help="where to write (default: RUN_DIR/eval)")
+    p.add_argument(
+        "--data-dir",
+        help="tensorflow-datasets data dir holding CIFAR-10 (default: the one the run read)",
+    )
     return p.parse_args(argv)
 
 
@@ -33,7 +38,7 @@ def main() -> None:
     args = parse()
     from pipeline.inference import evaluate, restore  # noqa: PLC0415 - imports TensorFlow
 
-    restored = restore.restore_run(args.run_dir)
+    restored = restore.restore_run(args.run_dir, test_split=True, data_dir=args.data_dir)
     evaluate.evaluate_run(restored, args.out or Path(args.run_dir) / "eval")
 
 

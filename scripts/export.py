@@ -34,7 +34,7 @@ def main() -> None:
     from pipeline.training import export  # noqa: PLC0415
 
     export.check_target(args.to, args.overwrite)  # before the slow restore
-    restored = restore.restore_run(args.run_dir)
+    restored = restore.restore_run(args.run_dir, test_split=False)  # no data needed
     print(f"wrote {restore.export_restored(restored, args.to, args.overwrite)}")
 
 

@@ -238,6 +238,20 @@ def load_splits(cfg: DataConfig, seed: int = 0) -> Splits:
     )
 
 
+def load_test_split(cfg: DataConfig, seed: int = 0) -> Split:
+    """The test split alone (what scoring a trained model needs), decoded into memory.
+
+    Raises:
+        DataError: when the data is missing (with the command that fixes it) or the test
+            size is out of range.
+    """
+    if cfg.source == "synthetic":
+        return synthetic_splits(cfg, seed).test
+    spec = _split_specs(cfg)["test"]
+    ensure_prepared(cfg)
+    return _load_tfds_split(spec, cfg.data_dir)
+
+
 def normalised(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """uint8 images as float32 with zero mean and unit std per channel, as numpy, at once."""
     return ((images.astype(np.float32) - mean) / std).astype(np.float32)

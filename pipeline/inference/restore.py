@@ -4,15 +4,20 @@ build, the latest checkpoint what the weights are."""
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from pipeline.config import Config, ConfigError, from_dict, override
+from pipeline.data import sources
 from pipeline.data.datasets import Inputs
 from pipeline.errors import UserError
-from pipeline.training import export, loop, run
+from pipeline.run_length import RunLength
+from pipeline.training import export, optim, run, steps
+from pipeline.training import run_dir as run_dir_files
 
 
 class RunDirError(UserError):
@@ -23,9 +28,12 @@ class RunDirError(UserError):
 class Restored:
     cfg: Config  # the run's config, on one device
     model: object
-    inputs: Inputs
+    inputs: Inputs | None  # the test split (when asked for) with the run's statistics
     checkpoint: str  # the checkpoint restored
     epochs_done: int  # of cfg.train.epochs
+    mean: np.ndarray  # what the model was trained with: per-channel statistics (0-255)
+    std: np.ndarray
+    class_names: tuple[str, ...]
 
     @property
     def finished(self) -> bool:
@@ -37,10 +45,15 @@ def _contents(folder: Path) -> str:
     return ", ".join(names[:12]) + (" ..." if len(names) > 12 else "") if names else "nothing"
 
 
-def restore_run(run_dir: str | Path) -> Restored:
+def restore_run(run_dir: str | Path, test_split: bool = True, data_dir: str | None = None):
     """Rebuilds the run's model on this machine's default device and restores its latest
     checkpoint, with the weights the run is judged by (EMA swapped in when the recipe keeps
     one). A run trained on several replicas restores onto one.
+
+    The run folder says what the model was trained with (data.json), so this reads no
+    data unless `test_split` asks for the test images (from `data_dir` when given, else
+    from where the run read them). Runs written before data.json, and EMA runs that refresh
+    BN statistics, read the training split too.
 
     Raises:
         RunDirError: when `run_dir` has no config.json and checkpoint written by
@@ -61,35 +74,58 @@ def restore_run(run_dir: str | Path) -> Restored:
         cfg = from_dict(json.loads(config_path.read_text()))
     except (json.JSONDecodeError, ConfigError) as e:
         raise RunDirError(f"{config_path} is not a run's config: {e}") from e
-    cfg = override(
-        cfg,
-        {
-            "train.strategy": "default",
-            "train.cpu_replicas": 0,
-            "train.out_dir": None,
-            "train.progress": "none",
-        },
-    )
-    strategy, inputs = run.prepare(cfg)
+    one_device = {"train.strategy": "default", "train.cpu_replicas": 0, "train.out_dir": None}
+    cfg = override(cfg, {**one_device, "train.progress": "none"})
+    if data_dir is not None:
+        cfg = override(cfg, {"data.data_dir": data_dir})
+    strategy = tf.distribute.get_strategy()
     model = run.build(cfg, strategy)
-    length = inputs.run_length(cfg.train.epochs, cfg.train.steps_per_epoch)
-    trainer = loop.Trainer(model, inputs, cfg, strategy, length)
+    weights, epoch = _weights_checkpoint(model, cfg, strategy)
     try:
-        trainer.weights_checkpoint.restore(latest).assert_existing_objects_matched()
+        weights.restore(latest).assert_existing_objects_matched()
     except (AssertionError, ValueError, tf.errors.OpError) as e:
         raise RunDirError(
             f"{latest} does not hold the {cfg.model.name} (params {cfg.model.params}) that "
             f"{config_path} describes, so it cannot be restored: {str(e).splitlines()[0]}"
         ) from e
-    trainer.final_weights()
-    return Restored(cfg, model, inputs, latest, trainer.epochs_done)
+    record = run_dir_files.read_data_record(run_dir)
+    recalibrate = bool(cfg.optim.ema_decay and cfg.train.bn_recalibration_batches)
+    if record is None or recalibrate:
+        inputs = run.prepare(cfg)[1]  # the whole dataset, as the run saw it
+        splits = inputs.splits
+        mean, std, names = splits.mean, splits.std, splits.class_names
+    else:
+        mean, std = np.asarray(record["mean"]), np.asarray(record["std"])
+        names = tuple(record["class_names"])
+        inputs = None
+        if test_split:
+            test = sources.load_test_split(cfg.data, cfg.train.seed)
+            empty = sources.Split(test.images[:0], test.labels[:0])
+            splits = sources.Splits(empty, empty, test, mean, std, names)
+            inputs = Inputs(splits, cfg.data, cfg.train.seed)
+    if cfg.optim.ema_decay:
+        weights.optimizer.finalize_variable_values(steps.trainable(model))
+        if recalibrate:
+            steps.make_bn_recalibration(model, inputs, cfg, strategy)()
+    return Restored(cfg, model, inputs, latest, int(epoch.numpy()), mean, std, names)
+
+
+def _weights_checkpoint(model, cfg: Config, strategy) -> tuple[tf.train.Checkpoint, tf.Variable]:
+    """The part of a run's checkpoint that holds its weights (model, optimizer, epochs
+    done: the Trainer's `weights_checkpoint`), built without the training data."""
+    length = RunLength(1, max(1, math.ceil(cfg.train.epochs)))  # the schedule holds no state
+    with strategy.scope():
+        optimizer = optim.build_optimizer(cfg, length)
+        optimizer.build(steps.trainable(model))  # every variable trained at some point
+        epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+    return tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch), epoch
 
 
 def export_restored(restored: Restored, to: str | Path, overwrite: bool = False) -> Path:
     """Exports a restored run's model (see training/export.py) with what it was trained on."""
     return export.export_run(
         restored.model,
-        restored.inputs,
+        restored,
         restored.cfg,
         to,
         restored.epochs_done,

@@ -97,11 +97,11 @@ def export_model(
 
 
 def export_run(
-    model, inputs, cfg, to: str | Path, epochs_trained: int, overwrite: bool = False, **extra
+    model, trained_on, cfg, to: str | Path, epochs_trained: int, overwrite: bool = False, **extra
 ) -> Path:
-    """`export_model` with what the run was trained on: its training split's statistics and
-    class names, its test-time augmentation, and a description of it in export.json."""
-    splits = inputs.splits
+    """`export_model` with what the run was trained on (`trained_on.mean`, `.std` and
+    `.class_names`: its training split's statistics and class names), its test-time
+    augmentation, and a description of it in export.json."""
     info = {
         "model": cfg.model.name,
         "params": cfg.model.params,
@@ -110,5 +110,12 @@ def export_run(
         **extra,
     }
     return export_model(
-        model, splits.mean, splits.std, splits.class_names, cfg.train.tta, to, info, overwrite
+        model,
+        trained_on.mean,
+        trained_on.std,
+        trained_on.class_names,
+        cfg.train.tta,
+        to,
+        info,
+        overwrite,
     )

@@ -15,7 +15,7 @@ from pipeline.data import sources
 from pipeline.data.datasets import Inputs, make_inputs
 from pipeline.errors import UserError
 from pipeline.files import write_json
-from pipeline.training import distribute, export, loop, out_claim, precision
+from pipeline.training import distribute, export, loop, out_claim, precision, run_dir
 from pipeline.training.keras_fit import fit_with_keras
 
 
@@ -101,6 +101,7 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
         # What "auto" became on this machine: a record beside the settings (from_dict skips it).
         saved = to_record(cfg, resolved={"train.precision": resolved})
         write_json(out / "config.json", saved)
+        run_dir.write_data_record(out, inputs.splits)
     model = build(cfg, strategy, inputs)
     length = inputs.run_length(cfg.train.epochs, cfg.train.steps_per_epoch)
     log(
@@ -136,7 +137,9 @@ def _export_at_end(model, inputs: Inputs, cfg: Config, out: Path, log) -> None:
         # cluster's step. Restoring on one process is what cifar-export does.
         log(f"no export from a multi-worker run: run `cifar-export {out} --to {out}/export`")
         return
-    path = export.export_run(model, inputs, cfg, out / "export", cfg.train.epochs, overwrite=True)
+    path = export.export_run(
+        model, inputs.splits, cfg, out / "export", cfg.train.epochs, overwrite=True
+    )
     log(f"exported the model to {path} (cifar-predict {path} IMAGE...)")
 
 

@@ -292,3 +292,33 @@ def test_a_two_replica_run_exports_at_its_end(tmp_path):
     )
     labels = restored.inputs.splits.test.labels
     assert np.mean(served.argmax(1) == labels) == pytest.approx(metrics["test_accuracy"])
+
+
+def test_a_run_folder_restores_and_exports_without_the_dataset(tmp_path, monkeypatch):
+    """data.json keeps what the model was trained with: export reads no data at all, and
+    eval reads the test split alone."""
+    from pipeline.data import sources
+
+    out, result = _train(tmp_path, **{"train.tta": "flip"})
+    record = json.loads((out / "data.json").read_text())
+    assert len(record["mean"]) == 3 and len(record["class_names"]) == 10
+
+    def no_dataset(*args, **kwargs):
+        raise AssertionError("the dataset was read")
+
+    monkeypatch.setattr(sources, "load_splits", no_dataset)
+    test_reads = []
+    real_test = sources.load_test_split
+    monkeypatch.setattr(sources, "load_test_split", lambda *a: test_reads.append(a) or no_dataset())
+    restored = restore.restore_run(out, test_split=False)
+    assert restored.inputs is None and test_reads == []
+    np.testing.assert_allclose(restored.mean, record["mean"])
+    path = restore.export_restored(restored, tmp_path / "export")
+    assert json.loads((path / export.INFO_FILE).read_text())["classes"] == record["class_names"]
+    # Scoring reads the test split only, and gets the run's own test accuracy back.
+    monkeypatch.setattr(sources, "load_test_split", real_test)
+    restored = restore.restore_run(out, test_split=True)
+    labels = restored.inputs.splits.test.labels
+    assert len(restored.inputs.splits.train.labels) == 0 and len(labels) > 0
+    probs = evaluate.test_probabilities(restored, "flip")
+    assert np.mean(probs.argmax(1) == labels) == pytest.approx(result["test_accuracy"])
