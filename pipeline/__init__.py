@@ -4,8 +4,9 @@
 the one registry), `errors` (user errors vs divergence, the exit codes), `files` (atomic
 writes), `run_length` (steps per epoch, computed once), `notebook_api` (the course
 notebook's names on the project); sub-packages `data` (sources, tf.data, augmentation),
-`training` (steps, Trainer, fit, run folder, precision, strategy), `inference` (a run's
-model restored, evaluated, predicting) and `bench` (benchmarks and baselines).
-Dependencies point one way: bench -> inference -> training -> data -> config; models
-below them all.
+`training` (steps, Trainer, fit, run folder, precision), `runtime` (strategy and cluster,
+signals, processes, the output lock), `inference` (a run's model restored, evaluated,
+predicting) and `bench` (benchmarks and baselines).
+Dependencies point one way: bench -> inference -> training -> data, runtime -> config;
+models below them all.
 """

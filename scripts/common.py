@@ -69,7 +69,7 @@ def experiment_config(args: argparse.Namespace, default_model: str):
 
 
 def add_local_workers_args(parser: argparse.ArgumentParser, help_text: str) -> None:
-    from pipeline.training.launch import EXPOSED_FLAG  # noqa: PLC0415 - no TensorFlow
+    from pipeline.runtime.launch import EXPOSED_FLAG  # noqa: PLC0415 - no TensorFlow
 
     parser.add_argument("--local-workers", type=int, default=0, help=help_text)
     parser.add_argument(
@@ -144,7 +144,7 @@ def before_local_launch(out: str | None, data) -> None:
     `out` for them, and makes tfds CIFAR-10 ready (`cifar-data prepare`) in a child
     process, so that this one stays free of TensorFlow's threads (launch.py needs a single
     thread) and the processes, in a namespace without network, find it."""
-    from pipeline.training import out_claim  # noqa: PLC0415 - no TensorFlow
+    from pipeline.runtime import out_claim  # noqa: PLC0415 - no TensorFlow
 
     if out:
         out_claim.claim(out)

@@ -147,8 +147,8 @@ def list_choices() -> None:
 
 def launch_local_workers(args: argparse.Namespace, cfg: Config) -> int:
     """Claims --out, prepares the data while the network is at hand, then runs the
-    workers in a private network namespace (see pipeline/training/launch.py)."""
-    from pipeline.training import launch  # noqa: PLC0415 - no TensorFlow
+    workers in a private network namespace (see pipeline/runtime/launch.py)."""
+    from pipeline.runtime import launch  # noqa: PLC0415 - no TensorFlow
 
     before_local_launch(cfg.train.out_dir, cfg.data)
     return launch.run_local_workers(

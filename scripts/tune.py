@@ -108,7 +108,7 @@ def main() -> int:
 
         before_local_launch(args.out, base_config(args).data)
         return local_search(args.local_workers, sys.argv[1:], args.allow_exposed_workers)
-    from pipeline.training.distribute import in_slurm_step  # noqa: PLC0415
+    from pipeline.runtime.distribute import in_slurm_step  # noqa: PLC0415
     from tuning.search import search, slurm_tuner_env  # noqa: PLC0415
 
     if in_slurm_step() and "KERASTUNER_TUNER_ID" not in os.environ:

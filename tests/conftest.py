@@ -83,7 +83,7 @@ def synthetic_splits():
 def pytest_configure(config):
     # Two logical CPU devices give MirroredStrategy two replicas; this must happen before
     # TensorFlow initialises, so it runs before any test.
-    from pipeline.training.distribute import split_cpu
+    from pipeline.runtime.distribute import split_cpu
 
     split_cpu(2)
 

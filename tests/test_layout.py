@@ -19,6 +19,7 @@ ALLOWED = {
     "pipeline.config": ("pipeline.errors",),
     "pipeline.run_length": (),
     "pipeline.errors": (),
+    "pipeline.runtime": ("pipeline.config", "pipeline.errors"),
     "pipeline.files": (),
     "pipeline.experiments": ("pipeline.config", "pipeline.errors"),
     "pipeline.data": (
@@ -32,6 +33,7 @@ ALLOWED = {
         "pipeline.config",
         "pipeline.errors",
         "pipeline.files",
+        "pipeline.runtime",
         "pipeline.run_length",
         "pipeline.data",
     ),
@@ -48,6 +50,7 @@ ALLOWED = {
         "pipeline.data",
         "pipeline.errors",
         "pipeline.files",
+        "pipeline.runtime",
         "pipeline.run_length",
         "pipeline.training",
     ),

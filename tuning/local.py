@@ -21,7 +21,7 @@ def local_search(
     the trial it was running (at most twice per worker); a lost chief, or a worker that
     keeps dying, stops the search (exit 4), and the same command resumes it.
     """
-    from pipeline.training import launch  # noqa: PLC0415 - no TensorFlow
+    from pipeline.runtime import launch  # noqa: PLC0415 - no TensorFlow
 
     if workers < 1:
         raise UserError(f"--local-workers must be >= 1, got {workers}")

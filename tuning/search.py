@@ -56,7 +56,7 @@ def slurm_tuner_env(port: int) -> dict:
     """keras-tuner's variables for this srun task, from SLURM's through TensorFlow's
     SlurmClusterResolver: task 0 is the chief (its oracle serves on its node at `port`),
     task i the worker "tuner{i-1}". Every task then runs the same command line."""
-    from pipeline.training import distribute  # noqa: PLC0415 - imports TensorFlow
+    from pipeline.runtime import distribute  # noqa: PLC0415 - imports TensorFlow
 
     resolver = distribute.slurm_resolver(port)
     chief = resolver.cluster_spec().as_dict()["worker"][0]
@@ -77,7 +77,8 @@ def search(
     Returns:
         best.json's content on the chief / single process, None on a worker.
     """
-    from pipeline.training import out_claim, precision, run  # noqa: PLC0415 - imports TF
+    from pipeline.runtime import out_claim  # noqa: PLC0415 - imports TF
+    from pipeline.training import precision, run  # noqa: PLC0415 - imports TF
 
     out_path = Path(out)
     if not is_worker():  # the chief (or the only process) owns --out; workers share it

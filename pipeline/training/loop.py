@@ -21,7 +21,8 @@ from pipeline.config import Config, TrainConfig
 from pipeline.data.datasets import Inputs
 from pipeline.errors import NonFiniteLossError, WorkerLostError
 from pipeline.run_length import RunLength
-from pipeline.training import actions, distribute, optim, preemption, steps
+from pipeline.runtime import distribute, preemption
+from pipeline.training import actions, optim, steps
 from pipeline.training.run_dir import RunDirectory
 
 STEPS_PER_CALL = 50  # train steps per tf.function call: fewer Python round trips

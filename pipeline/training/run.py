@@ -15,7 +15,8 @@ from pipeline.data import sources
 from pipeline.data.datasets import Inputs, make_inputs
 from pipeline.errors import UserError
 from pipeline.files import write_json
-from pipeline.training import distribute, export, loop, out_claim, precision, run_dir
+from pipeline.runtime import distribute, out_claim
+from pipeline.training import export, loop, precision, run_dir
 from pipeline.training.keras_fit import fit_with_keras
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from pipeline.files import write_json
-from pipeline.training.out_claim import check_free_space
+from pipeline.runtime.out_claim import check_free_space
 
 SMALL_FILES_BYTES = 8 * 2**20  # history, curves, TensorBoard events, config, metrics
 

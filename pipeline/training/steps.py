@@ -46,7 +46,7 @@ def make_train_step(
     loss is its per-example losses summed and divided by the GLOBAL batch, so the sum the
     optimizer all-reduces is the global mean gradient, whatever the replica count.
 
-    With `stop_flag` (a boolean variable set from another thread, see preemption.py), a
+    With `stop_flag` (a boolean variable that something outside may set at any time), a
     call ends early, before the first step that starts after the flag is set; every
     worker of a cluster agrees on that step. `count` / global batch is the steps done.
     """

@@ -3,7 +3,7 @@ import pytest
 from pipeline.config import ConfigError
 from pipeline.data.cifar_files import DataError
 from pipeline.errors import NonFiniteLossError, UserError
-from pipeline.training.distribute import StrategyError
+from pipeline.runtime.distribute import StrategyError
 from scripts.common import run_cli
 
 

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.training import loop, out_claim, private_network, run, steps
+from pipeline.runtime import out_claim, private_network
+from pipeline.training import loop, run, steps
 from tests.conftest import REPO, TINY, tiny_config
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -105,7 +106,7 @@ def test_sigint_saves_and_exits_130(tmp_path):
 # it is stuck in a long compiled call or a slow save): only the second signal ends it.
 STUCK = """
 import sys, time
-from pipeline.training import preemption
+from pipeline.runtime import preemption
 with preemption.StopRequests() as stops:
     print("ready", flush=True)
     time.sleep(120)
@@ -246,7 +247,7 @@ def test_local_workers_loopback_only_sigterm_saves_all_and_a_lost_worker_ends_th
 
 
 HOLDER = (
-    "import sys, time; from pipeline.training import out_claim; out_claim.claim(sys.argv[1]); "
+    "import sys, time; from pipeline.runtime import out_claim; out_claim.claim(sys.argv[1]); "
     "print('held', flush=True); time.sleep(600)"
 )
 
@@ -358,7 +359,7 @@ def test_a_read_only_or_full_out_fails_before_training(tmp_path, options, model,
 def test_without_a_private_namespace_local_workers_refuse_unless_the_risk_is_accepted(
     monkeypatch,
 ):
-    from pipeline.training import launch
+    from pipeline.runtime import launch
 
     def refuse():
         raise private_network.NamespaceUnavailable(1, "Operation not permitted")
@@ -377,7 +378,7 @@ def test_without_a_private_namespace_local_workers_refuse_unless_the_risk_is_acc
 # namespace holding only loopback; each one's output goes to its own files.
 CLUSTER = """
 import json, subprocess, sys
-from pipeline.training import launch, private_network
+from pipeline.runtime import launch, private_network
 private_network.enter()
 out, flags = sys.argv[1], sys.argv[2:]
 procs = []

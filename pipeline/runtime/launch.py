@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import EXIT_WORKER_LOST, UserError, exit_code_for
-from pipeline.training import private_network
+from pipeline.runtime import private_network
 
 POLL_SECONDS = 0.2
 # After one worker is lost, how long the others get to end by themselves (their

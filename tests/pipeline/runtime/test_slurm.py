@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from pipeline.config import TrainConfig
-from pipeline.training import distribute
+from pipeline.runtime import distribute
 from tests.conftest import REPO, TINY
 
 
@@ -66,7 +66,7 @@ def test_only_task_0_is_chief_and_without_a_cluster_the_error_names_both_sources
 # loopback (so the default ports are free and nothing outside can reach them).
 SRUN = """
 import json, os, subprocess, sys
-from pipeline.training import private_network
+from pipeline.runtime import private_network
 private_network.enter()
 logs, flags = sys.argv[1], sys.argv[2:]
 env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
@@ -85,7 +85,7 @@ print(json.dumps([p.wait(timeout=600) for p in procs]), flush=True)
 def test_two_srun_tasks_form_one_cluster_with_the_loss_of_two_replicas(tmp_path):
     try:
         probe = subprocess.run(
-            [sys.executable, "-c", "from pipeline.training import private_network as p; p.enter()"],
+            [sys.executable, "-c", "from pipeline.runtime import private_network as p; p.enter()"],
             cwd=REPO,
             capture_output=True,
         )

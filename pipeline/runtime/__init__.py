@@ -1,0 +1,4 @@
+"""Where and how a run executes, apart from what it trains: the strategy and cluster
+(`distribute`: TF_CONFIG or SLURM), stop requests from signals (`preemption`), one run per
+output folder (`out_claim`), local multi-process launches (`launch`) in a loopback-only
+network namespace (`private_network`). Imports nothing of the ML core."""
