@@ -20,7 +20,6 @@ Measured figures live in the README's results section, with the commands that ma
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 
 from pipeline.bench import benchmark
@@ -86,9 +85,6 @@ def _contenders(text: str) -> tuple[str, ...]:
 
 
 def bench_pipeline(args) -> dict:
-    from pipeline.bench import baselines  # noqa: PLC0415 - imports TensorFlow
-    from pipeline.data import datasets, sources  # noqa: PLC0415
-
     cfg = override(
         Config(),
         {
@@ -98,45 +94,7 @@ def bench_pipeline(args) -> dict:
             "data.augment.flip": "random",
         },
     )
-    splits = sources.load_splits(cfg.data)
-    train = splits.train
-    inputs = datasets.make_inputs(splits, cfg.data, seed=0)
-    x = sources.normalised(train.images, splits.mean, splits.std)
-    # Each contender is built once and read one epoch per pass, as training reads it.
-    notebook = baselines.NotebookIterator(x, train.labels, args.batch_size, shuffle=True, seed=0)
-    per_element = baselines.per_element_dataset(train, splits, args.batch_size, 0)
-    length = inputs.run_length(args.repeats + 1)
-    epochs = iter(datasets.train_dataset(inputs, length))
-    contenders = {
-        "notebook_iterator": lambda: notebook,
-        "per_element": lambda: per_element,
-        "pipeline": lambda: itertools.islice(epochs, length.steps_per_epoch),
-    }
-    results = {}
-    for name, make in contenders.items():
-        r = benchmark.images_per_second(make, repeats=args.repeats)
-        results[name] = r
-        print(
-            f"{name:18s} {r['median']:>10,.0f} images/s  (runs: "
-            + ", ".join(f"{v:,.0f}" for v in r["runs"])
-            + ")",
-            flush=True,
-        )
-    ratio = results["pipeline"]["median"] / results["per_element"]["median"]
-    print(f"pipeline / per_element = {ratio:.1f}x")
-    return {
-        **{k: v["median"] for k, v in results.items()},
-        "runs": {k: v["runs"] for k, v in results.items()},
-        "pipeline_over_per_element": ratio,
-        "settings": {
-            "batch_size": args.batch_size,
-            "images": len(train.labels),
-            "augment": "shift 4 px zero-padded + random flip (all three but the "
-            "notebook iterator, which does none)",
-            "source": cfg.data.source,
-            "repeats": args.repeats,
-        },
-    }
+    return benchmark.input_pipelines(cfg.data, args.repeats)
 
 
 def train_config(args) -> Config:

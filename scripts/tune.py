@@ -22,7 +22,6 @@ import os
 import sys
 
 from pipeline.config import Config, choices, override, parse_overrides
-from pipeline.errors import UserError
 from scripts.common import (
     add_data_args,
     add_local_workers_args,
@@ -125,27 +124,12 @@ def main() -> int:
 
 
 def retrain(args) -> int:
-    from pathlib import Path  # noqa: PLC0415
+    from tuning.search import retrain_best  # noqa: PLC0415 - imports TensorFlow
 
-    from pipeline.config import from_dict  # noqa: PLC0415
-    from pipeline.training import run  # noqa: PLC0415
-
-    best_path = Path(args.out) / "best.json"
-    if not best_path.is_file():
-        raise UserError(f"{best_path} does not exist: run `cifar-tune --out {args.out}` first")
-    cfg = from_dict(json.loads(best_path.read_text())["config"])
-    cfg = override(
-        cfg,
-        {
-            **data_overrides(args),
-            "train.epochs": args.epochs or 10,
-            "train.tta": "flip_translate",
-            "train.progress": "auto",
-            "train.out_dir": str(Path(args.out) / "retrain-best"),
-        },
-    )
-    cfg = override(cfg, parse_overrides(args.set))
-    metrics = run.train(cfg)
+    updates = {**data_overrides(args), **parse_overrides(args.set)}
+    if args.epochs:
+        updates["train.epochs"] = args.epochs
+    metrics = retrain_best(args.out, updates)
     print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=1))
     return 0
 

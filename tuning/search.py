@@ -3,6 +3,7 @@ keras-tuner's own chief/worker distribution (locally on loopback with `local_sea
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -148,3 +149,28 @@ def leaderboard(ranked: Iterable[tuple[str, float, dict]]) -> list[str]:
         cells = " | ".join(fmt(values[n]) if n in values else "-" for n in varied)
         rows.append(f"| {i} | {trial_id} | {score:.3f} | {cells} |")
     return rows
+
+
+def retrain_best(out: str | Path, updates: dict) -> dict:
+    """Trains best.json's config for the full budget (10 epochs, all of the training
+    split, with TTA) into `out`/retrain-best, `updates` (dotted config keys) on top.
+
+    Raises:
+        SearchError: when `out` holds no finished search.
+    """
+    from pipeline.config import from_dict, override  # noqa: PLC0415
+    from pipeline.training import run  # noqa: PLC0415 - imports TensorFlow
+
+    best_path = Path(out) / "best.json"
+    if not best_path.is_file():
+        raise SearchError(f"{best_path} does not exist: run `cifar-tune --out {out}` first")
+    cfg = override(
+        from_dict(json.loads(best_path.read_text())["config"]),
+        {
+            "train.epochs": 10,
+            "train.tta": "flip_translate",
+            "train.progress": "auto",
+            "train.out_dir": str(Path(out) / "retrain-best"),
+        },
+    )
+    return run.train(override(cfg, updates))

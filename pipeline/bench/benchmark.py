@@ -157,3 +157,48 @@ def training_throughput(
     for name, why in skipped.items():
         log(f"{name:6s} skipped: {why}")
     return {"results": results, "skipped": skipped}
+
+
+def input_pipelines(cfg, repeats: int, log=print) -> dict:
+    """images/s of the notebook's numpy iterator, a per-element tf.data pipeline and the
+    project's vectorised one, on `cfg` (a DataConfig: its batch and augmentation), side by
+    side; each contender is built once and read one epoch per pass, as training reads it."""
+    import itertools  # noqa: PLC0415
+
+    from pipeline.bench import baselines  # noqa: PLC0415 - imports TensorFlow
+    from pipeline.data import datasets, sources  # noqa: PLC0415
+
+    splits = sources.load_splits(cfg)
+    train = splits.train
+    inputs = datasets.make_inputs(splits, cfg, seed=0)
+    x = sources.normalised(train.images, splits.mean, splits.std)
+    notebook = baselines.NotebookIterator(x, train.labels, cfg.batch_size, shuffle=True, seed=0)
+    per_element = baselines.per_element_dataset(train, splits, cfg.batch_size, 0)
+    length = inputs.run_length(repeats + 1)
+    epochs = iter(datasets.train_dataset(inputs, length))
+    contenders = {
+        "notebook_iterator": lambda: notebook,
+        "per_element": lambda: per_element,
+        "pipeline": lambda: itertools.islice(epochs, length.steps_per_epoch),
+    }
+    results = {}
+    for name, make in contenders.items():
+        r = images_per_second(make, repeats=repeats)
+        results[name] = r
+        runs = ", ".join(f"{v:,.0f}" for v in r["runs"])
+        log(f"{name:18s} {r['median']:>10,.0f} images/s  (runs: {runs})")
+    ratio = results["pipeline"]["median"] / results["per_element"]["median"]
+    log(f"pipeline / per_element = {ratio:.1f}x")
+    return {
+        **{k: v["median"] for k, v in results.items()},
+        "runs": {k: v["runs"] for k, v in results.items()},
+        "pipeline_over_per_element": ratio,
+        "settings": {
+            "batch_size": cfg.batch_size,
+            "images": len(train.labels),
+            "augment": "shift 4 px zero-padded + random flip (all three but the "
+            "notebook iterator, which does none)",
+            "source": cfg.source,
+            "repeats": repeats,
+        },
+    }
