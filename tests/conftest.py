@@ -64,11 +64,22 @@ def local_cifar(request) -> Path:
 
 @pytest.fixture(scope="session")
 def cifar_data_dir(local_cifar, tmp_path_factory) -> str:
-    """A tfds data dir with cifar10 imported from the local copy (about 40 s, once)."""
+    """A tfds data dir with cifar10 imported from the local copy (about 40 s, once per
+    test run: with pytest-xdist the workers share one, the first imports it under a lock)."""
+    import fcntl
+
     from pipeline.data import sources
 
-    data_dir = tmp_path_factory.mktemp("tfds")
-    sources.import_local_copy(str(local_cifar), str(data_dir))
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's base folder, above each worker's own
+    data_dir, done = shared / "tfds-cifar10", shared / "tfds-cifar10.done"
+    with open(shared / "tfds-cifar10.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            data_dir.mkdir(exist_ok=True)
+            sources.import_local_copy(str(local_cifar), str(data_dir))
+            done.touch()
     return str(data_dir)
 
 
