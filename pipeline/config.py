@@ -21,8 +21,8 @@ from pipeline.errors import UserError
 class AugmentConfig:
     translate: int = 0  # px; random shift in [-translate, translate], the pad-and-crop of CIFAR
     pad_mode: Literal["zeros", "reflect"] = "zeros"  # what fills the pixels a shift uncovers
-    flip: Literal["none", "random", "alternate"] = "none"  # alternate: airbench, mirror
-    # every other epoch
+    # alternate: airbench, mirror every other epoch
+    flip: Literal["none", "random", "alternate"] = "none"
     cutout: int = 0  # px; side of a zeroed square at a random place, 0 = off
 
 
@@ -51,56 +51,66 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    optimizer: Literal["sgd", "nesterov", "adam", "adamw", "muon"] = "sgd"  # muon: conv filters
-    # by Muon (training/muon.py), everything else by Nesterov SGD with `momentum`
+    # muon: conv filters by Muon (training/muon.py), everything else by Nesterov SGD with
+    # `momentum`
+    optimizer: Literal["sgd", "nesterov", "adam", "adamw", "muon"] = "sgd"
     lr: float = 1e-2  # peak learning rate, per global batch
     momentum: float = 0.0  # SGD momentum; "nesterov" uses it as Nesterov momentum
     weight_decay: float = 0.0  # decoupled, multiplied by the learning rate each step
-    schedule: Literal["constant", "cosine", "onecycle"] = "constant"  # onecycle: linear up,
-    # linear down
+    # onecycle: linear up, linear down
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
     warmup_epochs: float = 0.0  # linear ramp up to lr, then the schedule's decay
-    warmup_start_fraction: float = 0.0  # where the ramp starts, as a fraction of lr
-    # (airbench94: 0.2)
+    # where the ramp starts, as a fraction of lr (airbench94: 0.2)
+    warmup_start_fraction: float = 0.0
     final_lr_fraction: float = 0.0  # lr at the last step, as a fraction of the peak
     label_smoothing: float = 0.0  # probability mass spread evenly over all classes
     bias_lr_scale: float = 1.0  # lr multiplier for BN shifts (airbench94: 64; its decay not)
     head_lr_scale: float = 1.0  # lr multiplier for the head's weights (airbench94_muon: 12.6)
-    muon_lr: float = 0.0  # optimizer=muon: the filters' peak rate, on the same schedule
-    # (airbench94_muon: 0.24; Muon's step has a fixed size, so no batch scaling)
+    # optimizer=muon: the filters' peak rate, on the same schedule (airbench94_muon: 0.24;
+    # Muon's step has a fixed size, so no batch scaling)
+    muon_lr: float = 0.0
     muon_momentum: float = 0.6  # optimizer=muon: the filters' Nesterov momentum
     ema_decay: float = 0.0  # weight EMA evaluated instead of the raw weights; 0 = off
-    lookahead_every: int = 0  # steps between Lookahead syncs (airbench94: 5): the slow copy
-    # of every weight and BN statistic moves toward the weights, which are then set to it;
-    # the weights end as the slow copy. 0 = off
-    whiten_bias_epochs: float = 0.0  # >0: the whitening stem's bias trains this many epochs,
-    # then is frozen: no update, no decay (airbench94: 3). 0 = trained throughout
-    whiten_bias_lr: Literal["schedule", "to_zero"] = "schedule"  # to_zero: the whitening
-    # bias's rate falls linearly from the peak to 0 at its freeze (airbench94_muon)
+    # steps between Lookahead syncs (airbench94: 5): the slow copy of every weight and BN
+    # statistic moves toward the weights, which are then set to it; the weights end as the slow
+    # copy. 0 = off
+    lookahead_every: int = 0
+    # >0: the whitening stem's bias trains this many epochs, then is frozen: no update, no decay
+    # (airbench94: 3). 0 = trained throughout
+    whiten_bias_epochs: float = 0.0
+    # to_zero: the whitening bias's rate falls linearly from the peak to 0 at its freeze
+    # (airbench94_muon)
+    whiten_bias_lr: Literal["schedule", "to_zero"] = "schedule"
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: float = 1.0  # may be fractional: ceil(steps per epoch * epochs) steps (9.9 -> 476
-    # at batch 1024 on 50,000 images, airbench94's count)
+    # may be fractional: ceil(steps per epoch * epochs) steps (9.9 -> 476 at batch 1024 on
+    # 50,000 images, airbench94's count)
+    epochs: float = 1.0
     seed: int = 0  # seeds init, data order and augmentation: same seed, same run
-    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"  # auto:
-    # by hardware, see training/precision.choose
-    jit_compile: bool = False  # XLA-compile each replica's forward + backward (GPUs; "auto"
-    # precision turns it on there); on CPU oneDNN's kernels beat XLA's, measured
+    # auto: by hardware, see training/precision.choose
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
+    # XLA-compile each replica's forward + backward (GPUs; "auto" precision turns it on there);
+    # on CPU oneDNN's kernels beat XLA's, measured
+    jit_compile: bool = False
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
     cpu_replicas: int = 0  # >0: split the CPU into N logical devices for "mirrored"
-    slurm_port: int = 8888  # multi_worker under srun: the port of each node's first task;
-    # its other tasks take the next ones
+    # multi_worker under srun: the port of each node's first task; its other tasks take the next
+    # ones
+    slurm_port: int = 8888
     loop: Literal["custom", "fit"] = "custom"  # custom: the project's loop; fit: model.fit
     out_dir: str | None = None  # outputs; None = nothing written
     checkpoint_every: int = 1  # epochs between checkpoints; at most this many are redone
-    checkpoint_every_steps: int = 0  # >0: also a checkpoint every N steps inside an epoch,
-    # so a crash (kill -9, a lost worker) redoes at most N steps; SIGTERM saves anyway
+    # >0: also a checkpoint every N steps inside an epoch, so a crash (kill -9, a lost worker)
+    # redoes at most N steps; SIGTERM saves anyway
+    checkpoint_every_steps: int = 0
     keep_checkpoints: int = 2
     export: bool = True  # write out_dir/export (a SavedModel serving uint8 images) at the end
     tta: Literal["none", "flip", "flip_translate"] = "none"  # test-time augmentation
-    bn_recalibration_batches: int = 0  # eval batches of training images that refresh BN
-    # statistics before each evaluation; 0 = use the running averages as trained
+    # eval batches of training images that refresh BN statistics before each evaluation; 0 = use
+    # the running averages as trained
+    bn_recalibration_batches: int = 0
     progress: Literal["auto", "bar", "none"] = "auto"  # auto: a bar on a TTY
     steps_per_epoch: int = 0  # >0: cut epochs short (benchmarks, tests)
 
