@@ -23,14 +23,14 @@ import argparse
 import sys
 
 from pipeline.bench import benchmark
-from pipeline.config import Config, choices, override, parse_overrides
+from pipeline.config import Config, choices
 from pipeline.files import write_json
 from scripts.common import (
     add_data_args,
     add_experiment_args,
     add_override_arg,
+    apply_flags,
     command_parser,
-    data_overrides,
     experiment_config,
     run_cli,
 )
@@ -85,26 +85,15 @@ def _contenders(text: str) -> tuple[str, ...]:
 
 
 def bench_pipeline(args) -> dict:
-    cfg = override(
-        Config(),
-        {
-            **data_overrides(args),
-            "data.batch_size": args.batch_size,
-            "data.augment.translate": 4,
-            "data.augment.flip": "random",
-        },
-    )
+    augment = {"data.augment.translate": 4, "data.augment.flip": "random"}
+    cfg = apply_flags(Config(), args, {"batch_size": "data.batch_size"}, augment)
     return benchmark.input_pipelines(cfg.data, args.repeats)
 
 
 def train_config(args) -> Config:
     """The experiment's (or the model's best-known) recipe, with the flags and --set on top."""
-    cfg = experiment_config(args, _MODEL)
-    updates = {**data_overrides(args), "train.precision": args.precision}
-    if args.batch_size is not None:
-        updates["data.batch_size"] = args.batch_size
-    cfg = override(cfg, {**updates, "train.progress": "none"})
-    return override(cfg, parse_overrides(args.set))
+    flags = {"precision": "train.precision", "batch_size": "data.batch_size"}
+    return apply_flags(experiment_config(args, _MODEL), args, flags, {"train.progress": "none"})
 
 
 def bench_train(args) -> dict:

@@ -91,20 +91,39 @@ def add_override_arg(parser: argparse.ArgumentParser) -> None:
     )
 
 
+DATA_FLAGS = {  # add_data_args's flags (argparse dest) -> config key
+    "data_dir": "data.data_dir",
+    "local_copy": "data.local_copy",
+    "train_examples": "data.train_examples",
+    "val_examples": "data.val_examples",
+    "test_examples": "data.test_examples",
+}
+
+
+def given_flags(args: argparse.Namespace, flags: dict[str, str]) -> dict:
+    """{config key: value} of the flags in `flags` (argparse dest -> key) that were given."""
+    return {
+        key: getattr(args, dest)
+        for dest, key in flags.items()
+        if getattr(args, dest, None) is not None
+    }
+
+
 def data_overrides(args: argparse.Namespace) -> dict:
-    out = {}
-    for flag, key in (
-        ("data_dir", "data.data_dir"),
-        ("local_copy", "data.local_copy"),
-        ("train_examples", "data.train_examples"),
-        ("val_examples", "data.val_examples"),
-        ("test_examples", "data.test_examples"),
-    ):
-        if getattr(args, flag, None) is not None:
-            out[key] = getattr(args, flag)
+    out = given_flags(args, DATA_FLAGS)
     if getattr(args, "synthetic", False):
         out["data.source"] = "synthetic"
     return out
+
+
+def apply_flags(cfg, args: argparse.Namespace, flags: dict[str, str], fixed: dict | None = None):
+    """`cfg` with the command line on top, in the one order every CLI uses: what the
+    command always sets (`fixed`), the data flags, the given flags of `flags` (argparse
+    dest -> config key), then each `--set` (which therefore wins)."""
+    from pipeline.config import override, parse_overrides  # noqa: PLC0415
+
+    updates = {**(fixed or {}), **data_overrides(args), **given_flags(args, flags)}
+    return override(override(cfg, updates), parse_overrides(getattr(args, "set", [])))
 
 
 def run_cli(main: Callable[[], int | None]) -> Callable[[], int]:

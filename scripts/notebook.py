@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from pipeline.files import write_atomic, write_json
-from scripts.common import add_data_args, command_parser, data_overrides, run_cli
+from scripts.common import add_data_args, apply_flags, command_parser, run_cli
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -104,7 +104,6 @@ def main() -> None:
         print(f"executed {args.ipynb}")
         return
     from pipeline import experiments  # noqa: PLC0415
-    from pipeline.config import override  # noqa: PLC0415
     from pipeline.training import run  # noqa: PLC0415
 
     out = Path(args.out)
@@ -112,16 +111,8 @@ def main() -> None:
     rows = []
     for model, loop in runs(args.models or list(experiments.NOTEBOOK)):
         name = f"{model}-{loop}"
-        cfg = override(
-            experiments.for_model(model),
-            {
-                **data_overrides(args),
-                "train.loop": loop,
-                "train.seed": args.seed,
-                "train.out_dir": str(out / name),
-                "train.progress": "none",
-            },
-        )
+        fixed = {"train.loop": loop, "train.out_dir": str(out / name), "train.progress": "none"}
+        cfg = apply_flags(experiments.for_model(model), args, {"seed": "train.seed"}, fixed)
         metrics = run.train(cfg, log=lambda s, n=name: print(f"[{n}] {s}", flush=True))
         bar = experiments.NOTEBOOK[model][1] if loop == "custom" else experiments.NOTEBOOK_FIT_BAR
         rows.append(

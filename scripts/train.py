@@ -30,7 +30,6 @@ from pipeline.config import (
     choices,
     from_dict,
     override,
-    parse_overrides,
     to_record,
     valid_keys,
 )
@@ -39,9 +38,9 @@ from scripts.common import (
     add_experiment_args,
     add_local_workers_args,
     add_override_arg,
+    apply_flags,
     before_local_launch,
     command_parser,
-    data_overrides,
     experiment_config,
     run_cli,
 )
@@ -96,16 +95,12 @@ def build_config(args: argparse.Namespace) -> Config:
         if args.config
         else experiment_config(args, Config().model.name)
     )
-    updates = {
-        key: getattr(args, flag) for flag, key in FLAGS.items() if getattr(args, flag) is not None
-    }
-    updates.update(data_overrides(args))
+    fixed = {}
     if args.quiet:
-        updates["train.progress"] = "none"
+        fixed["train.progress"] = "none"
     if args.no_export:
-        updates["train.export"] = False
-    cfg = override(cfg, updates)
-    cfg = override(cfg, parse_overrides(args.set))
+        fixed["train.export"] = False
+    cfg = apply_flags(cfg, args, FLAGS, fixed)
     if not cfg.train.epochs > 0:
         raise ConfigError(f"--epochs must be > 0 (e.g. 10 or 9.9), got {cfg.train.epochs}")
     return cfg

@@ -21,11 +21,12 @@ import json
 import os
 import sys
 
-from pipeline.config import Config, choices, override, parse_overrides
+from pipeline.config import Config, choices, parse_overrides
 from scripts.common import (
     add_data_args,
     add_local_workers_args,
     add_override_arg,
+    apply_flags,
     before_local_launch,
     command_parser,
     data_overrides,
@@ -59,22 +60,19 @@ def parse(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+FLAGS = {  # flag -> config key
+    "precision": "train.precision",
+    "max_epochs": "train.epochs",
+    "batch_size": "data.batch_size",
+    "seed": "train.seed",
+}
+
+
 def base_config(args) -> Config:
     from pipeline import experiments  # noqa: PLC0415
 
-    cfg = override(
-        experiments.get("challenge"),
-        {
-            **data_overrides(args),
-            "train.precision": args.precision,
-            "train.epochs": args.max_epochs,
-            "data.batch_size": args.batch_size,
-            "train.seed": args.seed,
-            "train.progress": "none",
-            "train.tta": "none",
-        },
-    )
-    return override(cfg, parse_overrides(args.set))
+    fixed = {"train.progress": "none", "train.tta": "none"}
+    return apply_flags(experiments.get("challenge"), args, FLAGS, fixed)
 
 
 def few_malloc_arenas(argv: list[str]) -> None:
