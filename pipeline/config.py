@@ -123,6 +123,33 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
+# Where and how a run executes, not what it trains (Model Garden's runtime config beside its
+# task config): a recorded run's config reruns or restores with these at their defaults, so
+# no caller scrubs them by hand.
+RUNTIME_KEYS = (
+    "train.strategy",
+    "train.cpu_replicas",
+    "train.slurm_port",
+    "train.out_dir",
+    "train.progress",
+    "train.checkpoint_every",
+    "train.checkpoint_every_steps",
+    "train.keep_checkpoints",
+    "train.export",
+)
+
+
+def recipe(cfg: Config) -> Config:
+    """`cfg`'s recipe alone: every runtime field (RUNTIME_KEYS) at its default."""
+    defaults = {}
+    for key in RUNTIME_KEYS:
+        value = Config()
+        for part in key.split("."):
+            value = getattr(value, part)
+        defaults[key] = value
+    return override(cfg, defaults)
+
+
 class ConfigError(UserError):
     """A config key or value the user gave is not valid."""
 

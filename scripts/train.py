@@ -29,7 +29,7 @@ from pipeline.config import (
     ConfigError,
     choices,
     from_dict,
-    override,
+    recipe,
     to_record,
     valid_keys,
 )
@@ -107,8 +107,8 @@ def build_config(args: argparse.Namespace) -> Config:
 
 
 def recorded_config(path: str) -> Config:
-    """The recipe a run's config.json recorded, without its output folder (a rerun writes
-    where --out says, not over the run it came from).
+    """The recipe a run's config.json recorded, without its runtime (a rerun writes where
+    --out says, not over the run it came from, on the strategy its flags say).
 
     Raises:
         ConfigError: for a missing or unreadable file, or a field this version rejects.
@@ -124,7 +124,7 @@ def recorded_config(path: str) -> Config:
         raise ConfigError(f"--config {path} is not a readable JSON config: {e}") from None
     if not isinstance(recorded, dict):
         raise ConfigError(f"--config {path} holds no config object (a run's config.json)")
-    return override(from_dict(recorded), {"train.out_dir": None})
+    return recipe(from_dict(recorded))
 
 
 def list_choices() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config import Config, ConfigError, from_dict, override
+from pipeline.config import Config, ConfigError, from_dict, override, recipe
 from pipeline.data import sources
 from pipeline.data.datasets import Inputs
 from pipeline.errors import UserError
@@ -74,8 +74,7 @@ def restore_run(run_dir: str | Path, test_split: bool = True, data_dir: str | No
         cfg = from_dict(json.loads(config_path.read_text()))
     except (json.JSONDecodeError, ConfigError) as e:
         raise RunDirError(f"{config_path} is not a run's config: {e}") from e
-    one_device = {"train.strategy": "default", "train.cpu_replicas": 0, "train.out_dir": None}
-    cfg = override(cfg, {**one_device, "train.progress": "none"})
+    cfg = override(recipe(cfg), {"train.progress": "none"})  # on one device, writing nothing
     if data_dir is not None:
         cfg = override(cfg, {"data.data_dir": data_dir})
     strategy = tf.distribute.get_strategy()

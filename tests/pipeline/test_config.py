@@ -90,3 +90,22 @@ def test_cli_choices_are_the_config_types():
     assert train.parse(["--precision", "mixed_float16"]).precision == "mixed_float16"
     args = bench.parse(["train", "--precision", choices("train.precision")[-1]])
     assert args.precision == "mixed_float16"
+
+
+def test_a_recipe_keeps_what_is_trained_and_drops_where_it_ran():
+    from pipeline.config import RUNTIME_KEYS, recipe, valid_keys
+
+    ran = override(
+        Config(),
+        {
+            "optim.lr": 0.3,
+            "train.seed": 4,
+            "train.strategy": "multi_worker",
+            "train.out_dir": "/somewhere",
+            "train.export": False,
+        },
+    )
+    kept = recipe(ran)
+    assert (kept.optim.lr, kept.train.seed) == (0.3, 4)
+    assert (kept.train.strategy, kept.train.out_dir, kept.train.export) == ("default", None, True)
+    assert all(k in valid_keys() for k in RUNTIME_KEYS)
