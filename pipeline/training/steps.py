@@ -79,7 +79,11 @@ def make_train_step(
         grads, totals = gradients(x, y)
         if multipliers is not None:
             scales = multipliers(optimizer.iterations)
-            grads = [g * k for g, k in zip(grads, scales, strict=True)]
+            # A multiplier of exactly 1 (a Python float) costs nothing: most variables.
+            grads = [
+                g if isinstance(k, float) and k == 1.0 else g * k
+                for g, k in zip(grads, scales, strict=True)
+            ]
         optimizer.apply(grads, variables)
         return totals
 
