@@ -166,8 +166,8 @@ def custom_convnet(
     pool: str = "max",  # "max" | "avg": halves each stage's resolution
     residual: bool = False,  # add a skip around each stage's later convs
     head: str = "max",  # "max" | "avg" (global pooling) | "flatten" | "maxpool3": a 3x3
-    # max pool, then flatten: airbench's MaxPool2d(3), on the last 4x4 map the max over
-    # its top-left 3x3
+    # max pool, then flatten (airbench's MaxPool2d(3)); on the whitening stem's 3x3 last
+    # map it is the global max
     dropout: float = 0.0,
     activation: str = "gelu",
     logit_scale: float = 1 / 9,  # airbench scales logits down; keeps early softmax soft

@@ -173,3 +173,17 @@ def test_batch_norm_momentum_follows_airbench94():
     np.testing.assert_allclose(
         bn.moving_mean.numpy(), 0.4 * tf.reduce_mean(x, [0, 1, 2]).numpy(), rtol=1e-5
     )
+
+
+def test_final_pooling_is_airbench94s_maxpool3_over_the_whole_last_map():
+    # airbench94's sizes, worked by hand: the 2x2 whitening conv without padding gives 31x31,
+    # then each stage's MaxPool2d(2) floors: 15, 7, 3. So its nn.MaxPool2d(3) sees the whole
+    # 3x3 map, and the global max ("max") is the same pooling as "maxpool3".
+    params = {"size": "airbench94"}
+    glob = build_model(ModelConfig(name="custom_convnet", params=params))
+    pool3 = build_model(ModelConfig(name="custom_convnet", params={**params, "head": "maxpool3"}))
+    last = glob.get_layer("stage2_conv1").output
+    assert tuple(last.shape[1:3]) == (3, 3)
+    pool3.set_weights(glob.get_weights())
+    x = tf.random.normal([2, 32, 32, 3])
+    np.testing.assert_array_equal(glob(x).numpy(), pool3(x).numpy())
