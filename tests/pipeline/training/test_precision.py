@@ -78,7 +78,8 @@ def test_auto_on_a_gpu_turns_on_device_augmentation_and_xla(monkeypatch):
 def test_a_run_records_the_choice(tmp_path, monkeypatch):
     _machine(monkeypatch, EPYC_ZEN3, [])
     out = tmp_path / "run"
-    metrics = run.train(tiny_config(**{"train.out_dir": str(out)}), log=lambda s: None)
+    cfg = tiny_config(**{"train.out_dir": str(out), "train.precision": "auto"})
+    metrics = run.train(cfg, log=lambda s: None)
     expected = {
         "requested": "auto",
         "chosen": "float32",
