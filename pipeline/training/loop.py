@@ -1,5 +1,6 @@
 """The one training loop: a `Trainer` that owns the compiled steps and trains an epoch,
-and `fit`, the controller that restores, trains epoch by epoch, records and reports.
+and `fit`, which restores the run and hands it to the controller (`training/controller.py`)
+with the run's actions: validate, record, checkpoint, report.
 
 Every model, strategy, precision and the tuner's trials go through `fit`.
 """
@@ -9,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 import re
-import sys
 import time
 from collections.abc import Callable
 
@@ -17,12 +17,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config import Config, TrainConfig
+from pipeline.config import Config
 from pipeline.data.datasets import Inputs
 from pipeline.errors import NonFiniteLossError, WorkerLostError
 from pipeline.run_length import RunLength
 from pipeline.runtime import distribute, preemption
-from pipeline.training import actions, optim, steps
+from pipeline.training import actions, controller, optim, steps
 from pipeline.training.run_dir import RunDirectory
 
 STEPS_PER_CALL = 50  # train steps per tf.function call: fewer Python round trips
@@ -35,7 +35,7 @@ class Trainer:
     position inside the epoch in progress with that epoch's running totals (so a run
     stopped mid-epoch resumes at its next step), and the actions' state. `start` positions
     the data there; `train_steps` trains some of the epoch's steps and runs the actions
-    due after them; `end_epoch` scores it.
+    due after them; `end_epoch` closes it and `validate` scores it.
     """
 
     def __init__(
@@ -177,8 +177,8 @@ class Trainer:
         return done
 
     def end_epoch(self) -> dict:
-        """Scores the epoch just trained (val, BN statistics refreshed first when the
-        recipe asks) and moves on to the next; returns its history row."""
+        """Closes the epoch just trained and moves on to the next; returns its history row
+        (its training figures; `validate` adds the validation ones)."""
         loss_sum, correct, count, seconds = self._epoch_totals.numpy()
         row = {
             "epoch": self.epochs_done + 1,
@@ -188,14 +188,19 @@ class Trainer:
             "lr": float(optim.lr_at(self.optimizer.iterations, self.cfg.optim, self.length)),
             "step_losses": self._step_losses.numpy()[: self.epoch_step].tolist(),
         }
-        self._recalibrate()
-        if self._has("val"):
-            val = self.evaluate("val")
-            row.update(val_loss=val["loss"], val_accuracy=val["accuracy"])
         self._epochs_done.assign_add(1)
         self._epoch_step.assign(0)
         self._epoch_totals.assign(tf.zeros([4], tf.float64))
         return row
+
+    def validate(self) -> dict:
+        """{"val_loss", "val_accuracy"} of the weights now, BN statistics refreshed first when
+        the recipe asks; {} without validation images."""
+        self._recalibrate()
+        if not self._has("val"):
+            return {}
+        val = self.evaluate("val")
+        return {"val_loss": val["loss"], "val_accuracy": val["accuracy"]}
 
     def evaluate(self, split: str, tta: str | None = None) -> dict:
         """{"loss", "accuracy"} on `split`, with the run's test-time augmentation unless
@@ -281,23 +286,15 @@ def fit(
         epochs=length.epochs,
         steps=length.steps_per_epoch,
     )
-    hooks.on_train_begin()
+    run_actions = [
+        controller.Validate(),
+        controller.Record(run_dir),
+        controller.Checkpoints(run_dir, tcfg, start),
+        controller.Report(hooks, log),
+    ]
+    outer = controller.Controller(trainer, run_actions, stops, run_dir.what_is_kept, STEPS_PER_CALL)
     with stops, _peers_watched(strategy, run_dir):
-        for epoch in range(start, length.epochs):
-            hooks.on_epoch_begin(epoch)
-            _train_rest_of_epoch(trainer, run_dir, stops, tcfg)
-            row = trainer.end_epoch()
-            history.append(row)
-            run_dir.record_epoch(history)
-            stop = bool(trainer.stop_agreed())  # a signal during the epoch's last steps or val
-            due = epoch + 1 == length.epochs or (epoch + 1 - start) % tcfg.checkpoint_every == 0
-            if due or stop:
-                run_dir.save(trainer.global_step, trainer.position)
-            log(_summary(row, length.epochs))
-            hooks.on_epoch_end(epoch, _epoch_logs(row))
-            if stop:
-                stops.raise_stopped(f"after epoch {epoch + 1}", run_dir.what_is_kept())
-    hooks.on_train_end()
+        outer.run(start, history, controller.progress_bar(tcfg))
     result = {"history": history, **trainer.finish()}
     if history and "val_accuracy" in history[-1]:
         result["val_accuracy"] = history[-1]["val_accuracy"]
@@ -330,47 +327,3 @@ def _peers_watched(strategy, run_dir: RunDirectory):
         raise WorkerLostError(
             f"lost contact with another worker ({reason}); {run_dir.what_is_kept()}"
         ) from None
-
-
-def _train_rest_of_epoch(trainer: Trainer, run_dir: RunDirectory, stops, tcfg: TrainConfig):
-    """Trains the epoch in progress to its end, in calls of at most STEPS_PER_CALL steps
-    that end where a `checkpoint_every_steps` save or an action is due. A stop request
-    saves the step reached and raises `Preempted`."""
-    n_steps = trainer.steps_in_epoch
-    every = tcfg.checkpoint_every_steps
-    progress = _progress_bar(tcfg, n_steps)
-    while not trainer.epoch_complete:
-        step = trainer.epoch_step
-        next_action = trainer.actions.steps_to_next(trainer.global_step)
-        limit = min(STEPS_PER_CALL, n_steps - step, next_action)
-        if every:
-            limit = min(limit, every - step % every)
-        try:
-            done = trainer.train_steps(limit, progress)
-        except NonFiniteLossError as e:
-            raise NonFiniteLossError(f"{e}; {run_dir.what_is_kept()}") from None
-        if done < limit:  # the call stopped early: a stop every worker agreed on
-            run_dir.save(trainer.global_step, trainer.position)
-            stops.raise_stopped(f"at {trainer.position}", run_dir.what_is_kept())
-        if every and trainer.epoch_step % every == 0 and not trainer.epoch_complete:
-            run_dir.save(trainer.global_step, trainer.position)
-
-
-def _epoch_logs(row: dict) -> dict:
-    """A history row as Keras callbacks take it: scalars only (no epoch, no step list)."""
-    return {k: v for k, v in row.items() if k not in ("epoch", "step_losses")}
-
-
-def _progress_bar(tcfg: TrainConfig, n_steps: int) -> keras.utils.Progbar:
-    show = tcfg.progress == "bar" or (tcfg.progress == "auto" and sys.stdout.isatty())
-    return keras.utils.Progbar(n_steps, verbose=1 if show else 0, stateful_metrics=["loss", "acc"])
-
-
-def _summary(row: dict, epochs: int) -> str:
-    text = (
-        f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} "
-        f"acc {row['train_accuracy']:.4f}"
-    )
-    if "val_accuracy" in row:
-        text += f"  val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
-    return text + f"  {row['seconds']:.1f}s"

@@ -1,0 +1,127 @@
+"""The controller runs its run actions at their named points, in list order, and saves at
+the checkpoint cadence, the last epoch and a stop."""
+
+import pytest
+
+from pipeline.errors import Preempted
+from pipeline.runtime import preemption
+from pipeline.training import controller, loop, run
+from tests.conftest import tiny_config
+
+
+class Spy(controller.RunAction):
+    def __init__(self, seen: list, name: str):
+        self.seen, self.name = seen, name
+
+    def begin(self, trainer):
+        self.seen.append((self.name, "begin", trainer.global_step))
+
+    def epoch_begin(self, trainer, epoch):
+        self.seen.append((self.name, "epoch_begin", epoch))
+
+    def after_call(self, trainer):
+        self.seen.append((self.name, "after_call", trainer.global_step))
+
+    def epoch_end(self, trainer, history):
+        self.seen.append((self.name, "epoch_end", history[-1]["epoch"]))
+
+    def between_epochs(self, trainer, history, stopping):
+        self.seen.append((self.name, "between_epochs", history[-1]["epoch"], stopping))
+
+    def stopped(self, trainer):
+        self.seen.append((self.name, "stopped", trainer.global_step))
+
+    def end(self, trainer, history):
+        self.seen.append((self.name, "end", len(history)))
+
+
+class SavesRecorded:
+    """A run directory that records the steps it is asked to save at."""
+
+    def __init__(self):
+        self.saved = []
+
+    def save(self, global_step, position):
+        self.saved.append((global_step, position))
+
+
+def _trainer(epochs, flag=None, **updates):
+    cfg = tiny_config(**{"train.epochs": epochs, **updates})
+    strategy, inputs = run.prepare(cfg)
+    model = run.build(cfg, strategy)
+    length = inputs.run_length(epochs)
+    trainer = loop.Trainer(model, inputs, cfg, strategy, length, flag)
+    trainer.start(0)
+    return trainer, cfg
+
+
+def test_run_actions_are_called_at_named_points_in_list_order():
+    # 8 steps an epoch, 2 epochs, calls of at most 3 steps: calls end at 3, 6, 8 | 11, 14, 16.
+    trainer, cfg = _trainer(2)
+    seen = []
+    actions = [Spy(seen, "a"), Spy(seen, "b")]
+    outer = controller.Controller(trainer, actions, preemption.StopRequests(), str, 3)
+    history = []
+    outer.run(0, history)
+    points = [e for e in seen if e[0] == "a"]
+    assert points == [
+        ("a", "begin", 0),
+        ("a", "epoch_begin", 0),
+        ("a", "after_call", 3),
+        ("a", "after_call", 6),
+        ("a", "epoch_end", 1),
+        ("a", "between_epochs", 1, False),
+        ("a", "epoch_begin", 1),
+        ("a", "after_call", 11),
+        ("a", "after_call", 14),
+        ("a", "epoch_end", 2),
+        ("a", "between_epochs", 2, False),
+        ("a", "end", 2),
+    ]
+    # Each point reaches every action before the next point: "b" right after "a".
+    assert [e[1:] for e in seen[1::2]] == [e[1:] for e in points]
+    assert [row["epoch"] for row in history] == [1, 2]
+
+
+def test_checkpoints_follow_the_cadence_the_last_epoch_and_steps_inside_epochs():
+    # 3 epochs of 8 steps; every 2 epochs counted from the start (after epoch 2, step 16),
+    # the last (step 24), and every 5 steps inside an epoch (steps 5, 13, 21).
+    trainer, cfg = _trainer(3, **{"train.checkpoint_every": 2, "train.checkpoint_every_steps": 5})
+    run_dir = SavesRecorded()
+    saves = controller.Checkpoints(run_dir, cfg.train, start=0)
+    controller.Controller(trainer, [saves], preemption.StopRequests(), str, 50).run(0, [])
+    assert [step for step, _ in run_dir.saved] == [5, 13, 16, 21, 24]
+    assert run_dir.saved[0][1] == "epoch 1, step 5/8"
+    assert run_dir.saved[2][1] == "end of epoch 2"
+
+
+def test_a_stop_inside_an_epoch_saves_the_step_reached_and_raises():
+    stops = preemption.StopRequests()
+    trainer, cfg = _trainer(2, stops.flag)
+    run_dir = SavesRecorded()
+    seen = []
+
+    class StopAtFour(controller.RunAction):
+        def after_call(self, trainer):
+            if trainer.global_step == 4:
+                stops.flag.assign(True)  # as the signal watcher does
+
+    run_actions = [StopAtFour(), controller.Checkpoints(run_dir, cfg.train, 0), Spy(seen, "s")]
+    outer = controller.Controller(trainer, run_actions, stops, lambda: "kept", 4)
+    with pytest.raises(Preempted, match="at epoch 1, step 4/8; kept"):
+        outer.run(0, [])
+    assert run_dir.saved == [(4, "epoch 1, step 4/8")]
+    assert ("s", "stopped", 4) in seen and not [e for e in seen if e[1] == "epoch_end"]
+
+
+def test_fit_hands_the_run_to_the_controller_with_its_four_actions(monkeypatch):
+    made = []
+    original = controller.Controller.__init__
+
+    def spy_init(self, trainer, run_actions, *args):
+        made.append([type(a).__name__ for a in run_actions])
+        original(self, trainer, run_actions, *args)
+
+    monkeypatch.setattr(controller.Controller, "__init__", spy_init)
+    run.train(tiny_config(), log=lambda s: None)
+    assert made == [["Validate", "Record", "Checkpoints", "Report"]]
