@@ -26,6 +26,17 @@ class RunLength:
         return max(1, round(epochs * self.steps_per_epoch))
 
 
+def is_due(count: int, every: int) -> bool:
+    """A cadence of `every` steps (or epochs) falls on `count`; `every` <= 0: never."""
+    return every > 0 and count % every == 0
+
+
+def steps_until_due(count: int, every: int) -> int | None:
+    """From `count`, how many more until a cadence of `every` falls (1..every); None when
+    there is no cadence."""
+    return every - count % every if every > 0 else None
+
+
 def run_length(train_examples: int, batch_size: int, epochs: float, cut: int = 0) -> RunLength:
     """Full batches per epoch (the remainder is dropped), cut to `cut` steps when > 0;
     `epochs` may be fractional: ceil(steps_per_epoch * epochs) steps in all, as airbench94

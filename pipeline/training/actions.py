@@ -12,7 +12,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from pipeline.config import Config, ConfigError
-from pipeline.run_length import RunLength
+from pipeline.run_length import RunLength, is_due, steps_until_due
 
 LOOKAHEAD_BASE = 0.95  # airbench94: decay 0.95**5 * progress**3 at every 5th step
 
@@ -44,7 +44,7 @@ class Actions:
 
     def steps_to_next(self, step: int) -> int:
         """Steps from global `step` to the next step any action acts at (or to the end)."""
-        ahead = [a.every - step % a.every for a in self.actions if a.every]
+        ahead = [steps_until_due(step, a.every) for a in self.actions if a.every]
         return min([self.length.total_steps - step, *ahead])
 
     def begin(self, trainer) -> None:
@@ -54,7 +54,7 @@ class Actions:
     def after_call(self, trainer) -> None:
         step = trainer.global_step
         for action in self.actions:
-            if action.every and step % action.every == 0:
+            if is_due(step, action.every):
                 action.after_steps(trainer)
         if step == self.length.total_steps:
             for action in self.actions:

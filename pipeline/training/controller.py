@@ -17,6 +17,7 @@ import keras
 
 from pipeline.config import TrainConfig
 from pipeline.errors import NonFiniteLossError
+from pipeline.run_length import is_due, steps_until_due
 
 
 class RunAction:
@@ -125,18 +126,16 @@ class Checkpoints(RunAction):
         self.every_epochs, self.every_steps = tcfg.checkpoint_every, tcfg.checkpoint_every_steps
 
     def steps_to_next(self, trainer) -> int | None:
-        if not self.every_steps:
-            return None
-        return self.every_steps - trainer.epoch_step % self.every_steps
+        return steps_until_due(trainer.epoch_step, self.every_steps)
 
     def after_call(self, trainer) -> None:
-        if self.every_steps and trainer.epoch_step % self.every_steps == 0:
+        if is_due(trainer.epoch_step, self.every_steps):
             self._save(trainer)
 
     def between_epochs(self, trainer, history: list[dict], stopping: bool) -> None:
         epoch = history[-1]["epoch"]  # 1-based: the epoch just trained
         last = epoch == trainer.length.epochs
-        if last or stopping or (epoch - self.start) % self.every_epochs == 0:
+        if last or stopping or is_due(epoch - self.start, self.every_epochs):
             self._save(trainer)
 
     def stopped(self, trainer) -> None:

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline.config import ConfigError
-from pipeline.run_length import RunLength
+from pipeline.run_length import RunLength, is_due, steps_until_due
 from pipeline.training import actions, loop, run
 from tests.conftest import tiny_config
 
@@ -154,3 +154,10 @@ def test_no_validation_images_train_and_score_on_test(tmp_path):
     result = run.train(cfg, log=lambda s: None)
     assert "val_accuracy" not in result and "val_accuracy" not in result["history"][0]
     assert 0 <= result["test_accuracy"] <= 1
+
+
+def test_one_cadence_helper_for_steps_and_epochs():
+    # every 5: due at 0, 5, 10; from 3 the next is 2 away, from 5 a whole 5.
+    assert [n for n in range(12) if is_due(n, 5)] == [0, 5, 10]
+    assert [steps_until_due(n, 5) for n in (0, 3, 4, 5)] == [5, 2, 1, 5]
+    assert not any(is_due(n, 0) for n in range(3)) and steps_until_due(7, 0) is None
