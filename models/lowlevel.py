@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from models.notebook import CONVNET_LAYERS, FC_HIDDEN
+from models.notebook_layers import CONVNET_LAYERS, FC_HIDDEN
 from models.registry import ModelError, check_positive_ints, register
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import keras
 
-from models.notebook import CONVNET_LAYERS, FC_HIDDEN, convnet_layers, fc_layers
+from models.notebook_layers import CONVNET_LAYERS, FC_HIDDEN, convnet_layers, fc_layers
 from models.registry import register
 
 

@@ -74,7 +74,7 @@ class OptimConfig:
     # steps between Lookahead syncs (airbench94: 5): the slow copy of every weight and BN
     # statistic moves toward the weights, which are then set to it; the weights end as the slow
     # copy. 0 = off
-    lookahead_every: int = 0
+    lookahead_every_steps: int = 0
     # >0: the whitening stem's bias trains this many epochs, then is frozen: no update, no decay
     # (airbench94: 3). 0 = trained throughout
     whiten_bias_epochs: float = 0.0
@@ -101,7 +101,9 @@ class TrainConfig:
     slurm_port: int = 8888
     loop: Literal["custom", "fit"] = "custom"  # custom: the project's loop; fit: model.fit
     out_dir: str | None = None  # outputs; None = nothing written
-    checkpoint_every: int = 1  # epochs between checkpoints; at most this many are redone
+    # every duration names its unit (_epochs, _steps); the run's RunLength converts epochs to
+    # steps in one place (pipeline/run_length.py)
+    checkpoint_every_epochs: int = 1  # at most this many epochs are redone after a crash
     # >0: also a checkpoint every N steps inside an epoch, so a crash (kill -9, a lost worker)
     # redoes at most N steps; SIGTERM saves anyway
     checkpoint_every_steps: int = 0
@@ -112,7 +114,7 @@ class TrainConfig:
     # the running averages as trained
     bn_recalibration_batches: int = 0
     progress: Literal["auto", "bar", "none"] = "auto"  # auto: a bar on a TTY
-    steps_per_epoch: int = 0  # >0: cut epochs short (benchmarks, tests)
+    max_steps_per_epoch: int = 0  # >0: cut each epoch to this many steps (benchmarks, tests)
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ RUNTIME_KEYS = (
     "train.slurm_port",
     "train.out_dir",
     "train.progress",
-    "train.checkpoint_every",
+    "train.checkpoint_every_epochs",
     "train.checkpoint_every_steps",
     "train.keep_checkpoints",
     "train.export",
@@ -195,8 +197,19 @@ def to_dict(cfg: Any) -> dict:
 
 
 # config.json's format. Raise it when a field changes meaning or goes away (a new field
-# whose default keeps the old behaviour needs no new version); from_dict refuses others.
-CONFIG_VERSION = 1
+# whose default keeps the old behaviour needs no new version), and say in RENAMED how an
+# older file's keys read now; from_dict refuses versions it cannot read.
+CONFIG_VERSION = 2
+
+# version -> {old key: new key}: what changed on the way to the next version. Version 2
+# names every duration's unit.
+RENAMED = {
+    1: {
+        "train.steps_per_epoch": "train.max_steps_per_epoch",
+        "train.checkpoint_every": "train.checkpoint_every_epochs",
+        "optim.lookahead_every": "optim.lookahead_every_steps",
+    },
+}
 
 
 def to_record(cfg: Config, **records) -> dict:
@@ -209,21 +222,24 @@ def from_dict(d: dict) -> Config:
     """Inverse of `to_dict` and `to_record` (a run's config.json too); unknown keys raise.
 
     config.json's "resolved" section (what "auto" became on the machine) is a record,
-    not a setting, and is skipped. Files written before versions existed read as version 1.
+    not a setting, and is skipped. Files written before versions existed read as version 1;
+    an older version's keys are renamed as RENAMED says.
 
     Raises:
         ConfigError: for another version, an unknown key or a value of the wrong type,
             naming the field.
     """
-    version = d.get("version", CONFIG_VERSION)
-    if version != CONFIG_VERSION:
+    version = d.get("version", 1)
+    if version not in (*RENAMED, CONFIG_VERSION):
         raise ConfigError(
-            f"config field version is {version!r}, and this cifar-pipeline reads version "
-            f"{CONFIG_VERSION}: use the cifar-pipeline that wrote it, or start from an "
+            f"config field version is {version!r}, and this cifar-pipeline reads versions "
+            f"1 to {CONFIG_VERSION}: use the cifar-pipeline that wrote it, or start from an "
             "experiment (--experiment NAME) with --set for the fields you need"
         )
-    settings = {k: v for k, v in d.items() if k not in ("resolved", "version")}
-    return override(Config(), flatten(settings))
+    settings = flatten({k: v for k, v in d.items() if k not in ("resolved", "version")})
+    for older in range(version, CONFIG_VERSION):
+        settings = {RENAMED[older].get(k, k): v for k, v in settings.items()}
+    return override(Config(), settings)
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -308,8 +324,14 @@ def override(cfg: Any, updates: dict, prefix: str = "") -> Any:
         ConfigError: for an unknown key (listing the valid ones) or a value of the wrong type.
     """
     known = set(valid_keys(cfg))
+    renamed = {prefix + old: new for names in RENAMED.values() for old, new in names.items()}
     for key in updates:
         head = re.sub(r"(^|\.)params\..*$", r"\1params", key)
+        if prefix + key in renamed:
+            raise ConfigError(
+                f"config key {prefix}{key!r} is now {renamed[prefix + key]!r} (durations name "
+                "their unit): set that instead"
+            )
         if head not in known:
             raise ConfigError(
                 f"unknown config key {prefix}{key!r}; valid keys: {', '.join(sorted(known))}"

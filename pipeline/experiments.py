@@ -137,7 +137,7 @@ _AIRBENCH = {
     "optim.final_lr_fraction": 0.07,
     "optim.label_smoothing": 0.2,
     "optim.bias_lr_scale": 64.0,
-    "optim.lookahead_every": 5,
+    "optim.lookahead_every_steps": 5,
     "optim.whiten_bias_epochs": 3.0,
     "train.tta": "flip_translate",
     # Training images refresh BN statistics before each evaluation: with weights moving
@@ -213,7 +213,7 @@ def challenge_airbench94_muon() -> Config:
             "optim.weight_decay": _MUON_WD / ((1 - _MOMENTUM) * bias_lr),
             "optim.warmup_epochs": 0.0,  # no warm-up: linear from the peak to 0
             "optim.final_lr_fraction": 0.0,
-            "optim.lookahead_every": 0,
+            "optim.lookahead_every_steps": 0,
             "optim.whiten_bias_lr": "to_zero",
             "train.epochs": 8,  # 25 steps an epoch: 200 steps
             "train.bn_recalibration_batches": 0,

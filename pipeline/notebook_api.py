@@ -28,7 +28,7 @@ import numpy as np
 from models import lowlevel
 from models.functional import functional
 from models.lowlevel import flatten, kaiming_normal, three_layer_convnet, two_layer_fc
-from models.notebook import CONVNET_LAYERS, FC_HIDDEN, convnet_layers, fc_layers
+from models.notebook_layers import CONVNET_LAYERS, FC_HIDDEN, convnet_layers, fc_layers
 from models.registry import ModelError, check_positive_ints
 from models.sequential import sequential
 from models.subclass import Stack

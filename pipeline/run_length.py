@@ -21,9 +21,10 @@ class RunLength:
         """Steps of 0-based `epoch`: a full epoch's, or what is left of the run."""
         return max(0, min(self.steps_per_epoch, self.total_steps - epoch * self.steps_per_epoch))
 
-    def steps_for(self, epochs: float) -> int:
-        """A duration given in epochs (a freeze after 3 epochs) as steps, at least 1."""
-        return max(1, round(epochs * self.steps_per_epoch))
+    def steps_for(self, epochs: float, at_least: int = 1) -> int:
+        """A duration given in epochs (a warm-up of 0.3 epochs, a freeze after 3) as steps,
+        rounded, and at least `at_least`: every `*_epochs` setting becomes steps here."""
+        return max(at_least, round(epochs * self.steps_per_epoch))
 
 
 def is_due(count: int, every: int) -> bool:

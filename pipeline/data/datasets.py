@@ -37,6 +37,11 @@ class Inputs:
         `cut` steps if > 0."""
         return run_length(len(self.splits.train.labels), self.cfg.batch_size, epochs, cut)
 
+    def run_length_of(self, tcfg) -> RunLength:
+        """The length a run's `TrainConfig` asks for: its epochs, each cut to
+        `max_steps_per_epoch` when that is > 0."""
+        return self.run_length(tcfg.epochs, tcfg.max_steps_per_epoch)
+
     def train_dataset_fn(
         self, length: RunLength, start_epoch: int = 0, start_step: int = 0
     ) -> Callable:

@@ -132,8 +132,8 @@ def from_config(cfg: Config, model, length: RunLength, strategy) -> Actions:
         actions.append(
             FreezeAfter([_whitening_bias(model)], length.steps_for(o.whiten_bias_epochs))
         )
-    if o.lookahead_every:
-        actions.append(Lookahead(model, o.lookahead_every, length.total_steps, strategy))
+    if o.lookahead_every_steps:
+        actions.append(Lookahead(model, o.lookahead_every_steps, length.total_steps, strategy))
     return Actions(actions, length)
 
 

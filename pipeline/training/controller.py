@@ -117,13 +117,14 @@ class Controller:
 
 
 class Checkpoints(RunAction):
-    """Saves the run's checkpoint every `checkpoint_every` epochs counted from the epoch a
+    """Saves the run's checkpoint every `checkpoint_every_epochs` epochs counted from the epoch a
     run (or its resume) starts at, after the last epoch, every `checkpoint_every_steps`
     steps inside an epoch, and wherever a stop is agreed."""
 
     def __init__(self, run_dir, tcfg: TrainConfig, start: int):
         self.run_dir, self.start = run_dir, start
-        self.every_epochs, self.every_steps = tcfg.checkpoint_every, tcfg.checkpoint_every_steps
+        self.every_epochs = tcfg.checkpoint_every_epochs
+        self.every_steps = tcfg.checkpoint_every_steps
 
     def steps_to_next(self, trainer) -> int | None:
         return steps_until_due(trainer.epoch_step, self.every_steps)

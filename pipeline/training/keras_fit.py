@@ -35,7 +35,7 @@ def fit_with_keras(model, inputs: Inputs, cfg: Config, strategy, log=print) -> d
         "optim.whiten_bias_lr": cfg.optim.whiten_bias_lr != "schedule",
         "optim.ema_decay": cfg.optim.ema_decay != 0.0,
         "train.bn_recalibration_batches": cfg.train.bn_recalibration_batches != 0,
-        "optim.lookahead_every": cfg.optim.lookahead_every != 0,
+        "optim.lookahead_every_steps": cfg.optim.lookahead_every_steps != 0,
         "optim.whiten_bias_epochs": cfg.optim.whiten_bias_epochs != 0,
         "train.epochs": cfg.train.epochs != int(cfg.train.epochs),  # model.fit: whole epochs
     }
@@ -45,7 +45,7 @@ def fit_with_keras(model, inputs: Inputs, cfg: Config, strategy, log=print) -> d
             f"--loop fit (Keras's model.fit) cannot apply {', '.join(asked)}: use --loop "
             "custom, or reset them (e.g. --set optim.bias_lr_scale=1)"
         )
-    length = inputs.run_length(cfg.train.epochs, cfg.train.steps_per_epoch)
+    length = inputs.run_length_of(cfg.train)
     steps, epochs = length.steps_per_epoch, length.epochs
     with strategy.scope():
         model.compile(

@@ -263,7 +263,7 @@ def fit(
     wall = time.perf_counter()
     strategy = strategy or tf.distribute.get_strategy()
     tcfg = cfg.train
-    length = inputs.run_length(tcfg.epochs, tcfg.steps_per_epoch)
+    length = inputs.run_length_of(tcfg)
     stops = preemption.StopRequests()
     trainer = Trainer(model, inputs, cfg, strategy, length, stops.flag)
     run_dir = RunDirectory(

@@ -18,7 +18,7 @@ def lr_at(step, cfg: OptimConfig, length: RunLength):
     `get_lr`: 0.2 + 0.8 * step / warmup, then 1 - 0.93 * (step - warmup) / (total - warmup))."""
     step = tf.cast(step, tf.float32)
     total_steps = length.total_steps
-    warmup = float(round(cfg.warmup_epochs * length.steps_per_epoch))
+    warmup = float(length.steps_for(cfg.warmup_epochs, at_least=0))
     peak, final = cfg.lr, cfg.lr * cfg.final_lr_fraction
     if cfg.schedule == "constant" and warmup == 0:
         return tf.fill([], tf.constant(peak, tf.float32))

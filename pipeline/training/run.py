@@ -104,7 +104,7 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
         write_json(out / "config.json", saved)
         run_dir.write_data_record(out, inputs.splits)
     model = build(cfg, strategy, inputs)
-    length = inputs.run_length(cfg.train.epochs, cfg.train.steps_per_epoch)
+    length = inputs.run_length_of(cfg.train)
     log(
         f"{cfg.model.name}: {count_params(model):,} parameters, {strategy.num_replicas_in_sync}"
         f" replica(s), {cfg.train.precision}, {cfg.train.epochs:g} epoch(s): "

@@ -109,3 +109,23 @@ def test_a_recipe_keeps_what_is_trained_and_drops_where_it_ran():
     assert (kept.optim.lr, kept.train.seed) == (0.3, 4)
     assert (kept.train.strategy, kept.train.out_dir, kept.train.export) == ("default", None, True)
     assert all(k in valid_keys() for k in RUNTIME_KEYS)
+
+
+def test_a_version_1_config_reads_with_its_durations_renamed():
+    old = to_dict(Config())
+    old["train"]["steps_per_epoch"] = old["train"].pop("max_steps_per_epoch")
+    old["train"]["checkpoint_every"] = old["train"].pop("checkpoint_every_epochs")
+    old["optim"]["lookahead_every"] = old["optim"].pop("lookahead_every_steps")
+    old["train"].update(steps_per_epoch=7, checkpoint_every=3)
+    old["optim"]["lookahead_every"] = 5
+    for version in ({"version": 1}, {}):  # files from before versions existed are version 1
+        cfg = from_dict({**old, **version})
+        assert cfg.train.max_steps_per_epoch == 7 and cfg.train.checkpoint_every_epochs == 3
+        assert cfg.optim.lookahead_every_steps == 5
+    with pytest.raises(ConfigError, match="is now"):  # a version 2 file has the new names
+        from_dict({**old, "version": 2})
+
+
+def test_an_old_key_names_its_new_name():
+    with pytest.raises(ConfigError, match="'train.steps_per_epoch' is now 'train.max_steps_"):
+        override(Config(), {"train.steps_per_epoch": 5})

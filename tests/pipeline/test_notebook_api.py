@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from models import registry
-from models.notebook import fc_layers
+from models.notebook_layers import fc_layers
 from pipeline import notebook_api as nb
 from pipeline.config import ModelConfig
 

@@ -86,7 +86,9 @@ def test_run_actions_are_called_at_named_points_in_list_order():
 def test_checkpoints_follow_the_cadence_the_last_epoch_and_steps_inside_epochs():
     # 3 epochs of 8 steps; every 2 epochs counted from the start (after epoch 2, step 16),
     # the last (step 24), and every 5 steps inside an epoch (steps 5, 13, 21).
-    trainer, cfg = _trainer(3, **{"train.checkpoint_every": 2, "train.checkpoint_every_steps": 5})
+    trainer, cfg = _trainer(
+        3, **{"train.checkpoint_every_epochs": 2, "train.checkpoint_every_steps": 5}
+    )
     run_dir = SavesRecorded()
     saves = controller.Checkpoints(run_dir, cfg.train, start=0)
     controller.Controller(trainer, [saves], preemption.StopRequests(), str, 50).run(0, [])

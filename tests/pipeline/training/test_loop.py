@@ -177,7 +177,7 @@ RECIPE = {
     "optim.label_smoothing": 0.2,
     "optim.bias_lr_scale": 8.0,
     "optim.ema_decay": 0.9,
-    "optim.lookahead_every": 5,
+    "optim.lookahead_every_steps": 5,
     "optim.whiten_bias_epochs": 1.0,
     "train.bn_recalibration_batches": 1,
     "train.epochs": 3,
@@ -227,7 +227,7 @@ def test_resume_with_cut_epochs_restores_every_variable(tmp_path):
     # run length the data, schedule, actions and loop share. (Full epochs: the kill -9
     # test below.)
     full_out, out = tmp_path / "uninterrupted", tmp_path / "resumed"
-    recipe = {**RECIPE, "train.steps_per_epoch": 5, "train.epochs": 2.6}
+    recipe = {**RECIPE, "train.max_steps_per_epoch": 5, "train.epochs": 2.6}
     full = run.train(tiny_config(**recipe, **{"train.out_dir": str(full_out)}), log=lambda s: None)
     cfg = tiny_config(**recipe, **{"train.out_dir": str(out)})
     with pytest.raises(KeyboardInterrupt):
@@ -451,9 +451,9 @@ def test_two_replicas_match_one_in_every_checkpointed_variable(tmp_path, fused):
         "optim.lr": 0.05,
         "optim.bias_lr_scale": 1.0,
         "optim.ema_decay": 0.0,
-        "optim.lookahead_every": 2,
+        "optim.lookahead_every_steps": 2,
         "data.augment_on_device": True,
-        "train.steps_per_epoch": 4,
+        "train.max_steps_per_epoch": 4,
         "train.epochs": 1,
         "train.bn_recalibration_batches": 0,
     }
@@ -523,7 +523,7 @@ def test_xla_step_with_augmentation_inside_matches_the_plain_step(tmp_path, prec
         "data.augment.pad_mode": "reflect",
         "data.augment.flip": "alternate",
         "data.augment_on_device": True,
-        "train.steps_per_epoch": 3,
+        "train.max_steps_per_epoch": 3,
         "train.epochs": 1,
         "train.precision": precision,
     }
