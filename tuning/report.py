@@ -105,7 +105,7 @@ def hyperparameter_effects(trials: list[dict]) -> dict[str, dict]:
 def _plot(trials, effects, out: Path) -> list[str]:
     from matplotlib import ticker  # noqa: PLC0415
 
-    from pipeline.training.curves import pyplot  # noqa: PLC0415
+    from pipeline.training.curves import pyplot, save_figure  # noqa: PLC0415
 
     plt = pyplot()
 
@@ -123,8 +123,7 @@ def _plot(trials, effects, out: Path) -> list[str]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "curves_best_trials.png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, out / "curves_best_trials.png")
     files.append("curves_best_trials.png")
 
     top = sorted(effects, key=lambda k: effects[k]["importance"], reverse=True)[:4]
@@ -153,8 +152,7 @@ def _plot(trials, effects, out: Path) -> list[str]:
         ax.set(xlabel=name, ylabel="val accuracy")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_hyperparameters.png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, out / "accuracy_vs_hyperparameters.png")
     files.append("accuracy_vs_hyperparameters.png")
     return files
 
