@@ -65,6 +65,33 @@ def test_same_seed_same_metrics_other_seed_other_initialisation():
     assert not np.allclose(initial(0), initial(1))
 
 
+def test_initial_weights_do_not_depend_on_what_loading_the_data_draws(monkeypatch):
+    """A first run prepares the tfds dir, which draws from Python's and NumPy's global
+    generators; its reruns find the data ready. Both must start from the same weights."""
+    import random
+
+    from pipeline.data import sources
+
+    def initial(cfg):
+        strategy, _ = run.prepare(cfg)
+        return [v.numpy() for v in run.build(cfg, strategy).trainable_variables]
+
+    load = sources.load_splits
+
+    def preparing(*args, **kwargs):
+        random.random(), np.random.random(), tf.random.uniform([1])  # as tfds may
+        return load(*args, **kwargs)
+
+    for name in ("functional_two_layer_fc", "lowlevel_two_layer_fc"):
+        cfg = tiny_config(**{"model.name": name, "model.params": {"hidden": 16}})
+        ready = initial(cfg)
+        with monkeypatch.context() as m:
+            m.setattr(sources, "load_splits", preparing)
+            first = initial(cfg)
+        for a, b in zip(ready, first, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_trains(policy):
     _, result = _weights(
