@@ -210,6 +210,8 @@ RENAMED = {
         "optim.lookahead_every": "optim.lookahead_every_steps",
     },
 }
+# Every key that was ever renamed -> its name now.
+_NEW_NAME = {old: new for names in RENAMED.values() for old, new in names.items()}
 
 
 def to_record(cfg: Config, **records) -> dict:
@@ -324,13 +326,11 @@ def override(cfg: Any, updates: dict, prefix: str = "") -> Any:
         ConfigError: for an unknown key (listing the valid ones) or a value of the wrong type.
     """
     known = set(valid_keys(cfg))
-    renamed = {prefix + old: new for names in RENAMED.values() for old, new in names.items()}
     for key in updates:
         head = re.sub(r"(^|\.)params\..*$", r"\1params", key)
-        if prefix + key in renamed:
+        if prefix + key in _NEW_NAME:
             raise ConfigError(
-                f"config key {prefix}{key!r} is now {renamed[prefix + key]!r} (durations name "
-                "their unit): set that instead"
+                f"config key {prefix}{key!r} is now {_NEW_NAME[prefix + key]!r}: set that instead"
             )
         if head not in known:
             raise ConfigError(

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import tensorflow as tf
 
-from pipeline.config import DataConfig
+from pipeline.config import DataConfig, TrainConfig
 from pipeline.data import augment
 from pipeline.data.sources import Split, Splits
 from pipeline.errors import UserError
@@ -37,7 +37,7 @@ class Inputs:
         `cut` steps if > 0."""
         return run_length(len(self.splits.train.labels), self.cfg.batch_size, epochs, cut)
 
-    def run_length_of(self, tcfg) -> RunLength:
+    def run_length_of(self, tcfg: TrainConfig) -> RunLength:
         """The length a run's `TrainConfig` asks for: its epochs, each cut to
         `max_steps_per_epoch` when that is > 0."""
         return self.run_length(tcfg.epochs, tcfg.max_steps_per_epoch)

@@ -48,11 +48,10 @@ def build(cfg: Config, strategy: tf.distribute.Strategy, inputs: Inputs | None =
 def prepare(cfg: Config) -> tuple[tf.distribute.Strategy, Inputs]:
     """Strategy first (it may split the CPU, which must precede any TF op), then data."""
     strategy = distribute.make_strategy(cfg.train)
-    keras.utils.set_random_seed(cfg.train.seed)
-    splits = sources.load_splits(cfg.data, seed=cfg.train.seed)
-    # Again: tfds draws from Python's random while it prepares a data dir, and Keras seeds
-    # unseeded initialisers from it, so a first run (which prepares) would start from other
-    # weights than its reruns.
+    splits = sources.load_splits(cfg.data, seed=cfg.train.seed)  # seeded explicitly
+    # After loading: tfds draws from Python's random while it prepares a data dir, and Keras
+    # seeds unseeded initialisers from it, so a first run (which prepares) would otherwise
+    # start from other weights than its reruns.
     keras.utils.set_random_seed(cfg.train.seed)
     return strategy, make_inputs(splits, cfg.data, cfg.train.seed)
 
