@@ -21,7 +21,7 @@ SIZES = {
     "tiny": (16, 32, 64),
 }
 
-WHITEN_PATCH = 2  # px; the stem's kernel
+WHITEN_PATCH = 2  # px; the stem's kernel (airbench94's)
 WHITEN_EIGEN = 12  # 2*2*3 patch dimensions; the stem has +/- each eigenvector: 24 channels
 WHITEN_IMAGES = 5_000  # training images whose 2x2 patches set the stem (airbench's count)
 
@@ -111,29 +111,35 @@ def _bn(batch_norm: bool, frozen_scale: bool, momentum: float, name: str, fused:
     )
 
 
-def whitening_kernel(images: np.ndarray, eps: float = 5e-4) -> np.ndarray:
-    """A 2x2 conv kernel (2, 2, 3, 24) that whitens 2x2 patches of `images`.
+def whitening_kernel(
+    images: np.ndarray, eps: float = 5e-4, size: int = WHITEN_PATCH, width: int | None = None
+) -> np.ndarray:
+    """A size x size conv kernel (size, size, 3, width) that whitens the patches of `images`.
 
     Eigenvectors of the patches' second moment (airbench94's "covariance", not centred:
     the images are already normalised), each scaled by 1/sqrt(eigenvalue + eps), with its
-    negative beside it (so a following GELU/ReLU keeps both signs).
+    negative beside it (so a following GELU/ReLU keeps both signs). A `width` under
+    2 x size x size x 3 keeps the eigenvectors of the largest eigenvalues.
 
     Args:
         images: (N, 32, 32, 3) normalised float images (airbench uses 5,000).
+        width: output channels, even; default all 2 x size x size x 3 (24 at size 2).
     """
     x = np.asarray(images, np.float64)
     n, h, w, c = x.shape
-    p = WHITEN_PATCH
+    p = size
+    width = 2 * p * p * c if width is None else width
     patches = np.stack(
         [x[:, i : h - p + 1 + i, j : w - p + 1 + j, :] for i in range(p) for j in range(p)], axis=3
-    )  # (N, H', W', 4, C)
+    )  # (N, H', W', p*p, C)
     patches = patches.reshape(-1, p * p * c)
     cov = patches.T @ patches / len(patches)
     eigenvalues, eigenvectors = np.linalg.eigh(cov)
-    filters = eigenvectors.T[::-1] / np.sqrt(eigenvalues[::-1, None] + eps)  # (12, 12)
-    filters = np.concatenate([filters, -filters])  # (24, 12)
+    filters = eigenvectors.T[::-1] / np.sqrt(eigenvalues[::-1, None] + eps)  # largest first
+    filters = filters[: width // 2]
+    filters = np.concatenate([filters, -filters])  # (width, p*p*C)
     # Patch layout (i, j, c) -> conv kernel (i, j, c, out).
-    return filters.reshape(2 * WHITEN_EIGEN, p, p, c).transpose(1, 2, 3, 0).astype(np.float32)
+    return filters.reshape(width, p, p, c).transpose(1, 2, 3, 0).astype(np.float32)
 
 
 def whiten_stem(model: keras.Model, normalised_images: np.ndarray) -> bool:
@@ -142,8 +148,19 @@ def whiten_stem(model: keras.Model, normalised_images: np.ndarray) -> bool:
         layer = model.get_layer("whiten")
     except ValueError:
         return False
-    layer.kernel.assign(whitening_kernel(normalised_images))
+    size, _, _, width = layer.kernel.shape
+    layer.kernel.assign(whitening_kernel(normalised_images, size=size, width=width))
     return True
+
+
+def _check_whiten(size: int, width: int) -> None:
+    most = 2 * size * size * 3
+    if size < 1 or width < 2 or width % 2 or width > most:
+        raise ModelError(
+            f"custom_convnet: whiten_width must be even and 2..{most} for a {size}x{size} "
+            f"whitening stem (+/- each of its {most // 2} patch eigenvectors); got "
+            f"whiten_size={size}, whiten_width={width}"
+        )
 
 
 @register(
@@ -158,7 +175,9 @@ def custom_convnet(
     widths: list[int] | None = None,  # per stage; overrides `size`
     depth: int = 2,  # convs per stage
     kernel_size: int = 3,
-    stem: str = "whiten",  # "whiten" (frozen 2x2, set by `whiten_stem`) | "conv" | "none"
+    stem: str = "whiten",  # "whiten" (frozen, set by `whiten_stem`) | "conv" | "none"
+    whiten_size: int = WHITEN_PATCH,  # the whitening stem's kernel, px
+    whiten_width: int = 2 * WHITEN_EIGEN,  # its channels: +/- the top width/2 eigenvectors
     batch_norm: bool = True,
     frozen_bn_scale: bool = True,
     bn_momentum: float = 0.6,  # Keras convention: the running value's weight; airbench94's
@@ -179,6 +198,7 @@ def custom_convnet(
 ):
     _check_choices(size=(size, SIZES), stem=(stem, STEMS), pool=(pool, POOLS), head=(head, HEADS))
     _check_choices(activation=(activation, ACTIVATIONS), init=(init, INITS))
+    _check_whiten(whiten_size, whiten_width)
     airbench_init = init in ("airbench", "airbench_muon")
     muon_init = init == "airbench_muon"
     conv_init = DiracUniform() if airbench_init else "glorot_uniform"
@@ -188,11 +208,11 @@ def custom_convnet(
     if stem == "whiten":
         # Frozen conv; its kernel is set from data by `whiten_stem`, its bias learns.
         # airbench94_muon's nn.Conv2d keeps PyTorch's default bias; airbench94 zeroes it.
-        bound = 1 / np.sqrt(WHITEN_PATCH**2 * 3)  # PyTorch: U(+-1/sqrt(the kernel's fan_in))
+        bound = 1 / np.sqrt(whiten_size**2 * 3)  # PyTorch: U(+-1/sqrt(the kernel's fan_in))
         bias_init = keras.initializers.RandomUniform(-bound, bound) if muon_init else "zeros"
         x = keras.layers.Conv2D(
-            2 * WHITEN_EIGEN,
-            WHITEN_PATCH,
+            whiten_width,
+            whiten_size,
             padding="valid",
             bias_initializer=bias_init,
             name="whiten",

@@ -88,6 +88,10 @@ class TrainConfig:
     # may be fractional: ceil(steps per epoch * epochs) steps (9.9 -> 476 at batch 1024 on
     # 50,000 images, airbench94's count)
     epochs: float = 1.0
+    # >0: the run's length as training compute, in PFLOPs (pipeline/compute.py: 3x the
+    # forward FLOPs per training image); replaces `epochs` and scales the recipe's other
+    # durations in epochs with it
+    budget_pflops: float = 0.0
     seed: int = 0  # seeds init, data order and augmentation: same seed, same run
     # auto: by hardware, see training/precision.choose
     precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"

@@ -47,6 +47,7 @@ from scripts.common import (
 
 FLAGS = {  # flag -> config key
     "epochs": "train.epochs",
+    "budget_pflops": "train.budget_pflops",
     "batch_size": "data.batch_size",
     "lr": "optim.lr",
     "precision": "train.precision",
@@ -67,6 +68,12 @@ def parse(argv=None) -> argparse.Namespace:
         "--print-config", action="store_true", help="print the config as it would train; exit"
     )
     p.add_argument("--epochs", type=float, help="may be fractional (9.9: airbench94's 476 steps)")
+    p.add_argument(
+        "--budget-pflops",
+        type=float,
+        help="train for this much compute instead of --epochs (PFLOPs: 3x the forward FLOPs "
+        "per training image); the recipe's warm-up and freeze scale with the run",
+    )
     p.add_argument("--batch-size", type=int, help="global batch, over all replicas")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--precision", choices=choices("train.precision"))
@@ -103,6 +110,11 @@ def build_config(args: argparse.Namespace) -> Config:
     cfg = apply_flags(cfg, args, FLAGS, fixed)
     if not cfg.train.epochs > 0:
         raise ConfigError(f"--epochs must be > 0 (e.g. 10 or 9.9), got {cfg.train.epochs}")
+    if cfg.train.budget_pflops < 0:
+        raise ConfigError(
+            f"--budget-pflops must be > 0 (e.g. 0.09), or 0 to train --epochs; got "
+            f"{cfg.train.budget_pflops}"
+        )
     return cfg
 
 

@@ -1,9 +1,16 @@
-"""cifar-tune: keras-tuner search of custom_convnet through the project's one loop.
+"""cifar-tune: keras-tuner search through the project's one loop, at equal compute.
 
-  cifar-tune --max-epochs 9 --train-examples 10000 --data-dir DIR --out runs/search
-  cifar-tune report --out runs/search      # report.md + PNGs: the "describe your experiments"
-  cifar-tune retrain --out runs/search     # train best.json's config for the full budget
+  cifar-tune --budget-pflops 0.09 --data-dir DIR --out runs/search   # Hyperband, airbench space
+  cifar-tune report --out runs/search [--hand RUN ...]  # report.md, frontier and other PNGs
+  cifar-tune retrain --out runs/search --seeds 1 2 3    # best vs hand recipe on the test set
   cifar-tune ... --local-workers 2         # keras-tuner chief + 2 workers on loopback
+  cifar-tune --list                        # the search spaces and their hyperparameters
+
+Each trial trains for a share of --budget-pflops (training compute: 3x the forward FLOPs
+per image, times the images trained on), so a wider net trains fewer steps; Hyperband
+gives its trials 1/9, 1/3 and all of it (--max-epochs 9 units). Without a budget, trials
+train --max-epochs epochs. Trials are scored on a validation split carved from the
+training set (--val-examples, default 5,000); the search never reads the test split.
 
 Rerunning a search on the same --out resumes it (finished trials are not rerun);
 --overwrite starts afresh. On a cluster, run the same command on every machine with
@@ -11,13 +18,13 @@ KERASTUNER_TUNER_ID ("chief" on one, "tuner0", "tuner1", ... on the others),
 KERASTUNER_ORACLE_IP and KERASTUNER_ORACLE_PORT (the chief's address) set; --out must
 be a shared folder. Under SLURM, run it through srun instead: task 0 becomes the chief
 (its oracle on port 8888 of its node; --set train.slurm_port=N to move it) and the other
-tasks its workers. Outputs: best.json, leaderboard.md, histories/, search/ (keras-tuner).
+tasks its workers. Outputs: best.json, best_config.json (cifar-train --config), leaderboard.md,
+histories/ (one record per trial), search/ (keras-tuner), tensorboard/.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -33,28 +40,48 @@ from scripts.common import (
     run_cli,
 )
 from tuning import TUNERS
+from tuning.space import DEFAULT_SPACE, SPACES
+from tuning.space import get as get_space
 
 
 def parse(argv=None) -> argparse.Namespace:
     p = command_parser("cifar-tune", __doc__)
     p.add_argument("action", nargs="?", default="search", choices=["search", "report", "retrain"])
     p.add_argument("--tuner", default="hyperband", choices=TUNERS)
+    p.add_argument("--space", default=DEFAULT_SPACE, choices=sorted(SPACES), help="search space")
+    p.add_argument(
+        "--budget-pflops",
+        type=float,
+        default=0.09,
+        help="training compute of a full trial, PFLOPs (0: trials train --max-epochs epochs)",
+    )
+    p.add_argument("--list", action="store_true", help="list the search spaces and exit")
     p.add_argument("--max-trials", type=int, default=10, help="bayesian / random")
     p.add_argument(
         "--max-epochs",
         type=int,
         default=9,
-        help="hyperband: most epochs a trial gets; others: epochs per trial",
+        help="hyperband: budget units (or epochs, without a budget) of its largest trials; "
+        "others: epochs per trial without a budget",
     )
     p.add_argument("--precision", choices=choices("train.precision"), default="auto")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", type=int, help="default: the space's base experiment's")
     p.add_argument("--out", default="runs/search")
     p.add_argument("--overwrite", action="store_true", help="discard a previous search in --out")
     add_local_workers_args(
         p, "distributed search: keras-tuner chief + N workers, reachable on loopback only"
     )
-    p.add_argument("--epochs", type=int, help="retrain: epochs (default: the challenge's 10)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the search's seed (every trial's)")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=[1, 2, 3], help="retrain: seeds, not the search's"
+    )
+    p.add_argument(
+        "--hand",
+        nargs="*",
+        default=[],
+        metavar="RUN",
+        help="report: run folders of hand recipes (cifar-train --out) marked on the frontier",
+    )
     add_data_args(p)
     add_override_arg(p)
     return p.parse_args(argv)
@@ -62,17 +89,46 @@ def parse(argv=None) -> argparse.Namespace:
 
 FLAGS = {  # flag -> config key
     "precision": "train.precision",
-    "max_epochs": "train.epochs",
     "batch_size": "data.batch_size",
     "seed": "train.seed",
+    "budget_pflops": "train.budget_pflops",
 }
+SEARCH_SPLIT = {"data.train_examples": 45_000, "data.val_examples": 5_000}  # of tfds "train"
 
 
 def base_config(args) -> Config:
+    """The space's base experiment as the search trains it: scored on a validation split
+    carved from the training set, without TTA, quietly, never reading the test split.
+
+    Raises:
+        ConfigError: when --test-examples is given (the search must not read the test set).
+    """
+    from pipeline import experiments  # noqa: PLC0415
+    from pipeline.config import ConfigError, override  # noqa: PLC0415
+
+    if args.test_examples:
+        raise ConfigError(
+            "a search never reads the test split: leave out --test-examples (cifar-tune "
+            "retrain scores the winner on it)"
+        )
+    fixed = {**SEARCH_SPLIT, "train.progress": "none", "train.tta": "none"}
+    if not args.budget_pflops:
+        fixed["train.epochs"] = args.max_epochs
+    cfg = apply_flags(experiments.get(get_space(args.space).base), args, FLAGS, fixed)
+    return override(cfg, {"data.test_examples": 0})
+
+
+def list_spaces() -> None:
+    import keras_tuner as kt  # noqa: PLC0415
+
     from pipeline import experiments  # noqa: PLC0415
 
-    fixed = {"train.progress": "none", "train.tta": "none"}
-    return apply_flags(experiments.get("challenge"), args, FLAGS, fixed)
+    for name, s in SPACES.items():
+        hp = kt.HyperParameters()
+        s.changes(hp, experiments.get(s.base))
+        print(f"{name}{' (default)' if name == DEFAULT_SPACE else ''}: around {s.base}")
+        print(f"  {(s.doc or '').splitlines()[0]}")
+        print(f"  hyperparameters: {', '.join(p.name for p in hp.space)}")
 
 
 def few_malloc_arenas(argv: list[str]) -> None:
@@ -92,10 +148,13 @@ def few_malloc_arenas(argv: list[str]) -> None:
 @run_cli
 def main() -> int:
     args = parse()
+    if args.list:
+        list_spaces()
+        return 0
     if args.action == "report":
         from tuning.report import write_report  # noqa: PLC0415
 
-        print(f"wrote {write_report(args.out)}")
+        print(f"wrote {write_report(args.out, args.hand)}")
         return 0
     few_malloc_arenas(sys.argv[1:])
     if args.action == "retrain":
@@ -111,7 +170,13 @@ def main() -> int:
     if in_slurm_step() and "KERASTUNER_TUNER_ID" not in os.environ:
         os.environ.update(slurm_tuner_env(base_config(args).train.slurm_port))
     best = search(
-        base_config(args), args.tuner, args.out, args.max_trials, args.max_epochs, args.overwrite
+        base_config(args),
+        args.tuner,
+        args.out,
+        args.max_trials,
+        args.max_epochs,
+        args.overwrite,
+        args.space,
     )
     if best:
         print(
@@ -122,13 +187,12 @@ def main() -> int:
 
 
 def retrain(args) -> int:
-    from tuning.search import retrain_best  # noqa: PLC0415 - imports TensorFlow
+    from tuning.retrain import describe, retrain  # noqa: PLC0415 - imports TensorFlow
 
-    updates = {**data_overrides(args), **parse_overrides(args.set)}
-    if args.epochs:
-        updates["train.epochs"] = args.epochs
-    metrics = retrain_best(args.out, updates)
-    print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=1))
+    updates = {**data_overrides(args), "train.progress": "auto", **parse_overrides(args.set)}
+    if args.precision != "auto":
+        updates["train.precision"] = args.precision
+    print("\n".join(describe(retrain(args.out, args.seeds, updates))))
     return 0
 
 

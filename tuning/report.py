@@ -23,18 +23,28 @@ def load_trials(out: Path) -> list[dict]:
         values = {
             k: v for k, v in t["hyperparameters"]["values"].items() if not k.startswith("tuner/")
         }
-        history_path = out / "histories" / f"{t['trial_id']}.json"
-        history = json.loads(history_path.read_text()) if history_path.is_file() else []
+        record = _trial_record(out / "histories" / f"{t['trial_id']}.json")
         trials.append(
             {
                 "trial_id": t["trial_id"],
                 "score": t["score"],
                 "values": values,
-                "history": history,
+                "history": record.get("history", []),
+                "compute": record.get("compute"),
+                "train_seconds": record.get("train_seconds"),
+                "budget_fraction": record.get("budget_fraction"),
                 "space": t["hyperparameters"].get("space", []),
             }
         )
     return sorted(trials, key=lambda t: t["score"], reverse=True)
+
+
+def _trial_record(path: Path) -> dict:
+    """A trial's record (history, compute, seconds); older searches kept the history alone."""
+    if not path.is_file():
+        return {}
+    record = json.loads(path.read_text())
+    return {"history": record} if isinstance(record, list) else record
 
 
 CATEGORICAL_INT_VALUES = 5  # an Int range with at most this many values reads as categories

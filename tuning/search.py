@@ -3,25 +3,36 @@ keras-tuner's own chief/worker distribution (locally on loopback with `local_sea
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import keras_tuner as kt
 
-from pipeline.config import Config, to_dict
+from pipeline.config import Config, to_dict, to_record
 from pipeline.errors import UserError
 from pipeline.files import write_json, write_text
-from tuning import TUNERS, hparams_board
-from tuning.hypermodel import CustomConvNetHyperModel, config_for
+from tuning import TUNERS, hparams_board, space
+from tuning.hypermodel import SearchHyperModel
 
 PROJECT = "search"  # keras-tuner's project folder inside --out
 OBJECTIVE = kt.Objective("val_accuracy", direction="max")
+BEST_CONFIG = "best_config.json"  # in --out: the best trial's run config
 
 
 class SearchError(UserError):
     """The search cannot run or report as asked; the message says the fix."""
+
+
+class BudgetHyperband(kt.Hyperband):
+    """keras-tuner's Hyperband, whose promoted trials restart when the hypermodel says so
+    (`SearchHyperModel.restarts_promoted`: trials measured in budget, whose schedules span
+    the whole run) instead of loading their parent's weights."""
+
+    def _build_hypermodel(self, hp):
+        if getattr(self.hypermodel, "restarts_promoted", False):
+            return super(kt.Hyperband, self)._build_hypermodel(hp)  # no parent's weights
+        return super()._build_hypermodel(hp)
 
 
 def make_tuner(
@@ -35,9 +46,9 @@ def make_tuner(
         "seed": seed,
     }
     if kind == "hyperband":
-        # Hyperband's budget is epochs, not trials: it starts many short trials and
-        # continues the best ones (factor 3), so bad trials stop early.
-        return kt.Hyperband(
+        # Hyperband's budget is epochs (or budget units), not trials: it starts many short
+        # trials and promotes the best third (factor 3), so bad trials stop early.
+        return BudgetHyperband(
             hypermodel, max_epochs=max_epochs, factor=3, hyperband_iterations=1, **common
         )
     if kind == "bayesian":
@@ -71,9 +82,21 @@ def slurm_tuner_env(port: int) -> dict:
 
 
 def search(
-    base: Config, kind: str, out: str, max_trials: int, max_epochs: int, overwrite: bool = False
+    base: Config,
+    kind: str,
+    out: str,
+    max_trials: int,
+    max_epochs: int,
+    overwrite: bool = False,
+    space_name: str = space.DEFAULT_SPACE,
 ) -> dict | None:
-    """Runs (or resumes) a search in `out`; the chief writes best.json and leaderboard.md.
+    """Runs (or resumes) a search of `space_name` around `base` in `out`; the chief writes
+    best.json and leaderboard.md. With `base.train.budget_pflops`, each trial trains for
+    compute, not epochs; under Hyperband `max_epochs` is then the number of budget units
+    the largest trial gets (9: trials at 1/9, 1/3 and all of the budget).
+
+    The search reads the training and validation splits only: `base` must ask for no test
+    images.
 
     Returns:
         best.json's content on the chief / single process, None on a worker.
@@ -81,13 +104,21 @@ def search(
     from pipeline.runtime import out_claim  # noqa: PLC0415 - imports TF
     from pipeline.training import precision, run  # noqa: PLC0415 - imports TF
 
+    if base.data.test_examples:
+        raise SearchError(
+            f"a search must not read the test split, but the config asks for "
+            f"{base.data.test_examples} test images: leave out --test-examples"
+        )
+    search_space = space.get(space_name)
     out_path = Path(out)
     if not is_worker():  # the chief (or the only process) owns --out; workers share it
         out_claim.claim(out_path)
     out_path.mkdir(parents=True, exist_ok=True)
     base, _ = precision.resolve(base)  # once, so every trial trains in the same precision
     strategy, inputs = run.prepare(base)  # data is loaded once for every trial
-    hypermodel = CustomConvNetHyperModel(base, inputs, strategy, out_path / "histories")
+    hypermodel = SearchHyperModel(
+        search_space, base, inputs, strategy, out_path / "histories", resource_max=max_epochs
+    )
     tuner = make_tuner(
         kind, hypermodel, out_path, max_trials, max_epochs, overwrite, base.train.seed
     )
@@ -98,10 +129,10 @@ def search(
     tuner.search(epochs=base.train.epochs)
     if is_worker():
         return None
-    return write_results(tuner, base, out_path)
+    return write_results(tuner, hypermodel, out_path)
 
 
-def write_results(tuner, base: Config, out: Path) -> dict:
+def write_results(tuner, hypermodel: SearchHyperModel, out: Path) -> dict:
     trials = [t for t in tuner.oracle.trials.values() if t.score is not None]
     if not trials:
         raise SearchError(f"no trial in {out} has finished; run the search first")
@@ -111,10 +142,15 @@ def write_results(tuner, base: Config, out: Path) -> dict:
         "trial_id": best.trial_id,
         "val_accuracy": best.score,
         "hyperparameters": best.hyperparameters.values,
-        "config": to_dict(config_for(base, best.hyperparameters)),
+        "space": hypermodel.space.name,
+        # The winning recipe as a run config (`cifar-train --config best.json`): its length
+        # is the search's budget, or the trial's epochs.
+        "config": to_dict(hypermodel.config(best.hyperparameters)),
         "finished_trials": len(trials),
     }
     write_json(out / "best.json", result)
+    # The winner alone, as `cifar-train --config` reads a run's config.json.
+    write_json(out / BEST_CONFIG, to_record(hypermodel.config(best.hyperparameters)))
     rows = leaderboard((t.trial_id, t.score, t.hyperparameters.values) for t in ranked)
     write_text(out / "leaderboard.md", "\n".join(rows) + "\n")
     return result
@@ -149,28 +185,3 @@ def leaderboard(ranked: Iterable[tuple[str, float, dict]]) -> list[str]:
         cells = " | ".join(fmt(values[n]) if n in values else "-" for n in varied)
         rows.append(f"| {i} | {trial_id} | {score:.3f} | {cells} |")
     return rows
-
-
-def retrain_best(out: str | Path, updates: dict) -> dict:
-    """Trains best.json's config for the full budget (10 epochs, all of the training
-    split, with TTA) into `out`/retrain-best, `updates` (dotted config keys) on top.
-
-    Raises:
-        SearchError: when `out` holds no finished search.
-    """
-    from pipeline.config import from_dict, override  # noqa: PLC0415
-    from pipeline.training import run  # noqa: PLC0415 - imports TensorFlow
-
-    best_path = Path(out) / "best.json"
-    if not best_path.is_file():
-        raise SearchError(f"{best_path} does not exist: run `cifar-tune --out {out}` first")
-    cfg = override(
-        from_dict(json.loads(best_path.read_text())["config"]),
-        {
-            "train.epochs": 10,
-            "train.tta": "flip_translate",
-            "train.progress": "auto",
-            "train.out_dir": str(Path(out) / "retrain-best"),
-        },
-    )
-    return run.train(override(cfg, updates))

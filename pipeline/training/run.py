@@ -10,6 +10,7 @@ import keras
 import tensorflow as tf
 
 from models import registry
+from pipeline import compute
 from pipeline.config import Config, ConfigError, to_dict, to_record
 from pipeline.data import sources
 from pipeline.data.datasets import Inputs, make_inputs
@@ -100,18 +101,23 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
         check_resumable(out, cfg)
     strategy, inputs = prepare(cfg)
     chief = distribute.is_chief(strategy)
+    model = build(cfg, strategy, inputs)
+    # A budget becomes epochs here; config.json holds the run as trained, the budget beside it.
+    cfg, cost = compute.resolve(cfg, model, inputs.run_length_of)
     if out and chief:
         out.mkdir(parents=True, exist_ok=True)
-        # What "auto" became on this machine: a record beside the settings (from_dict skips it).
-        saved = to_record(cfg, resolved={"train.precision": resolved})
-        write_json(out / "config.json", saved)
+        # What "auto" and the budget became on this machine: records beside the settings
+        # (from_dict skips them).
+        records = {"train.precision": resolved, "train.budget_pflops": cost.record()}
+        write_json(out / "config.json", to_record(cfg, resolved=records))
         run_dir.write_data_record(out, inputs.splits)
-    model = build(cfg, strategy, inputs)
     length = inputs.run_length_of(cfg.train)
     log(
         f"{cfg.model.name}: {count_params(model):,} parameters, {strategy.num_replicas_in_sync}"
         f" replica(s), {cfg.train.precision}, {cfg.train.epochs:g} epoch(s): "
-        f"{length.total_steps} steps of {cfg.data.batch_size} ({length.steps_per_epoch} an epoch)"
+        f"{length.total_steps} steps of {cfg.data.batch_size} ({length.steps_per_epoch} an epoch), "
+        f"{cost.train_pflops:.3g} PFLOPs ({cost.forward_flops_per_image / 1e9:.3g} GFLOP forward "
+        "per image)"
     )
     if cfg.train.loop == "fit":
         result = fit_with_keras(model, inputs, cfg, strategy, log)
@@ -126,6 +132,7 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
         "precision_choice": resolved,
         "replicas": strategy.num_replicas_in_sync,
         "seed": cfg.train.seed,
+        "compute": cost.record(),
         **result,
         "wall_seconds": time.perf_counter() - wall,
     }
