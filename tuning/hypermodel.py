@@ -80,13 +80,15 @@ class SearchHyperModel(kt.HyperModel):
             initial_epoch = 0
         else:
             cfg = override(cfg, {"train.epochs": int(epochs or cfg.train.epochs)})
-        cfg, cost = compute.resolve(cfg, model, self.inputs.run_length_of)
+        # The trial's own batch size and augmentations over the data loaded once.
+        inputs = self.inputs.with_data(cfg.data)
+        cfg, cost = compute.resolve(cfg, model, inputs.run_length_of)
         trial_id = next((cb.trial.trial_id for cb in callbacks or [] if hasattr(cb, "trial")), None)
         log = lambda s: print(f"[trial {trial_id}] {s}", flush=True)  # noqa: E731
         try:
             result = loop.fit(
                 model,
-                self.inputs,
+                inputs,
                 cfg,
                 self.strategy,
                 callbacks=callbacks,

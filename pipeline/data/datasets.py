@@ -32,6 +32,25 @@ class Inputs:
     # and rebuilding them every epoch and every search trial kept ratcheting memory up.
     _eval_datasets: dict = field(default_factory=dict, init=False, compare=False, repr=False)
 
+    def with_data(self, cfg: DataConfig) -> Inputs:
+        """The same splits fed as `cfg` says (another batch size, other augmentations): a
+        search trial's own recipe over the data loaded once. Evaluation datasets are shared
+        while their batch is the same.
+
+        Raises:
+            InputError: when `cfg` asks for other splits than those loaded.
+        """
+        loaded = (self.cfg.source, self.cfg.train_examples, self.cfg.val_examples)
+        if (cfg.source, cfg.train_examples, cfg.val_examples) != loaded:
+            raise InputError(
+                "a trial's data config asks for other splits than the search loaded; a search "
+                "space may change how the data is fed, not which data"
+            )
+        inputs = make_inputs(self.splits, cfg, self.seed)
+        if cfg.eval_batch_size == self.cfg.eval_batch_size:
+            object.__setattr__(inputs, "_eval_datasets", self._eval_datasets)
+        return inputs
+
     def run_length(self, epochs: float, cut: int = 0) -> RunLength:
         """`epochs` (fractional too) of this training split's full batches, each cut to
         `cut` steps if > 0."""
