@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tuning import frontier
 from tuning.hypermodel import MEMORY_LOG
 from tuning.search import PROJECT, SearchError, fmt, leaderboard
 
@@ -33,6 +34,8 @@ def load_trials(out: Path) -> list[dict]:
                 "compute": record.get("compute"),
                 "train_seconds": record.get("train_seconds"),
                 "budget_fraction": record.get("budget_fraction"),
+                "diverged": record.get("diverged", False),
+                "config": record.get("config"),
                 "space": t["hyperparameters"].get("space", []),
             }
         )
@@ -47,6 +50,7 @@ def _trial_record(path: Path) -> dict:
     return {"history": record} if isinstance(record, list) else record
 
 
+FRONTIER = "accuracy_vs_compute.png"
 CATEGORICAL_INT_VALUES = 5  # an Int range with at most this many values reads as categories
 
 
@@ -130,6 +134,7 @@ def _plot(trials, effects, out: Path) -> list[str]:
                 label=f"trial {t['trial_id']} ({t['score']:.3f})",
             )
     ax.set(xlabel="epoch", ylabel="val accuracy", title="learning curves of the best trials")
+    ax.set_ylim(0.0, 1.0)  # chance to perfect: noise must not look like a trend
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -160,6 +165,7 @@ def _plot(trials, effects, out: Path) -> list[str]:
             ax.set_xlim(-0.5, len(labels) - 0.5)
             ax.set_title(f"{name}: mean per value (red)", fontsize=9)
         ax.set(xlabel=name, ylabel="val accuracy")
+        ax.set_ylim(0.0, 1.0)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     save_figure(fig, out / "accuracy_vs_hyperparameters.png")
@@ -213,19 +219,30 @@ def memory_lines(out: Path) -> list[str]:
     return lines + [""]
 
 
-def write_report(out: str) -> Path:
-    """Writes `report.md` (+ PNGs) in `out`: leaderboard, per-hyperparameter findings,
-    learning curves of the best trials and accuracy against the most important ones."""
+def write_report(out: str, hand: list[str] = ()) -> Path:
+    """Writes `report.md` (+ PNGs) in `out`: what failed, the splits, the accuracy-vs-
+    compute frontier (with the hand recipes' runs in `hand` marked), leaderboard,
+    per-hyperparameter findings, learning curves of the best trials and accuracy against
+    the most important hyperparameters."""
     out = Path(out)
     trials = load_trials(out)
     if not trials:
         raise SearchError(f"no finished trial in {out / PROJECT}: run `cifar-tune --out {out}`")
+    try:
+        hand_runs = frontier.hand_runs(list(hand))
+    except FileNotFoundError as e:
+        raise SearchError(str(e)) from None
     effects = hyperparameter_effects(trials)
-    files = _plot(trials, effects, out)
+    frontier.plot(trials, hand_runs, out / FRONTIER)
+    files = [FRONTIER, *_plot(trials, effects, out)]
     lines = [
         f"# Architecture search: {len(trials)} finished trials",
         "",
         f"Best: trial {trials[0]['trial_id']}, val accuracy {trials[0]['score']:.3f}.",
+        "",
+        *frontier.failure_lines(trials),
+        "",
+        *frontier.split_lines(trials),
         "",
         "## Leaderboard",
         "",

@@ -70,6 +70,12 @@ class _Changes:
         return self.updates
 
 
+def _with(choices, default) -> list:
+    """The space's choices and the base's own value (a base outside them stays reachable:
+    its defaults must be valid choices)."""
+    return sorted({*choices, default})
+
+
 WIDTHS = ((32, 48, 64, 96, 128), (64, 96, 128, 192, 256, 384), (64, 96, 128, 192, 256, 384))
 WHITEN_WIDTHS = {2: (12, 24), 3: (24, 36, 54)}  # channels: +/- up to all k*k*3 eigenvectors
 
@@ -81,13 +87,16 @@ def airbench_changes(hp: kt.HyperParameters, base: Config) -> dict:
     c = _Changes(base)
     o, built, epochs = base.optim, c.built, base.train.epochs
     widths = [
-        hp.Choice(f"width{i}", choices, default=built["widths"][i])
+        hp.Choice(f"width{i}", _with(choices, built["widths"][i]), default=built["widths"][i])
         for i, choices in enumerate(WIDTHS)
     ]
     c.param("widths", widths)
     c.param("depth", hp.Int("depth", 1, 3, default=built["depth"]))
     c.param("residual", hp.Boolean("residual", default=built["residual"]))
-    c.param("kernel_size", hp.Choice("kernel_size", [3, 5], default=built["kernel_size"]))
+    c.param(
+        "kernel_size",
+        hp.Choice("kernel_size", _with([3, 5], built["kernel_size"]), default=built["kernel_size"]),
+    )
     whiten_size = hp.Choice("whiten_size", sorted(WHITEN_WIDTHS), default=built["whiten_size"])
     c.param("whiten_size", whiten_size)
     for size, choices in WHITEN_WIDTHS.items():
@@ -96,11 +105,12 @@ def airbench_changes(hp: kt.HyperParameters, base: Config) -> dict:
                 default = built["whiten_width"] if built["whiten_size"] == size else choices[-1]
                 width = hp.Choice(f"whiten_width_k{size}", choices, default=default)
                 c.param("whiten_width", width)
-    bn_momentums = [0.5, 0.6, 0.7, 0.8, 0.9]
-    c.param("bn_momentum", hp.Choice("bn_momentum", bn_momentums, default=built["bn_momentum"]))
+    momentums = _with([0.5, 0.6, 0.7, 0.8, 0.9], built["bn_momentum"])
+    c.param("bn_momentum", hp.Choice("bn_momentum", momentums, default=built["bn_momentum"]))
     c.param("activation", hp.Choice("activation", ["gelu", "relu"], default=built["activation"]))
 
-    batch = hp.Choice("batch_size", [256, 512, 1024], default=base.data.batch_size)
+    batches = _with([256, 512, 1024], base.data.batch_size)
+    batch = hp.Choice("batch_size", batches, default=base.data.batch_size)
     c.set("data.batch_size", batch, base.data.batch_size)
     lr_1024 = hp.Float(
         "lr_per_1024", 0.3, 6.0, sampling="log", default=o.lr * 1024 / base.data.batch_size
@@ -119,7 +129,8 @@ def airbench_changes(hp: kt.HyperParameters, base: Config) -> dict:
     with hp.conditional_scope("lookahead", [True]):
         if lookahead:
             default = o.lookahead_every_steps or 5
-            every = hp.Choice("lookahead_every_steps", [2, 3, 5, 10, 20], default=default)
+            cadences = _with([2, 3, 5, 10, 20], default)
+            every = hp.Choice("lookahead_every_steps", cadences, default=default)
     c.set("optim.lookahead_every_steps", every, o.lookahead_every_steps)
     freeze = hp.Boolean("whiten_bias_freeze", default=o.whiten_bias_epochs > 0)
     with hp.conditional_scope("whiten_bias_freeze", [True]):
@@ -132,9 +143,10 @@ def airbench_changes(hp: kt.HyperParameters, base: Config) -> dict:
     a = base.data.augment
     flip = hp.Choice("flip", ["none", "random", "alternate"], default=a.flip)
     c.set("data.augment.flip", flip, a.flip)
-    translate = hp.Choice("translate", [0, 1, 2, 3, 4], default=a.translate)
+    translate = hp.Choice("translate", _with(range(5), a.translate), default=a.translate)
     c.set("data.augment.translate", translate, a.translate)
-    c.set("data.augment.cutout", hp.Choice("cutout", [0, 4, 8, 12], default=a.cutout), a.cutout)
+    cutout = hp.Choice("cutout", _with([0, 4, 8, 12], a.cutout), default=a.cutout)
+    c.set("data.augment.cutout", cutout, a.cutout)
     return c.result()
 
 

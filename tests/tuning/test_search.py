@@ -10,46 +10,36 @@ from pathlib import Path
 import keras_tuner as kt
 import pytest
 
-from models import registry
 from tests.conftest import REPO, tiny_config
-from tuning import report
-from tuning.hypermodel import config_for
+from tuning import report, space
 
+# The default search (airbench space, Hyperband over a PFLOP budget) made tiny: a small
+# budget, small synthetic splits, the base's batch small (the space adds it to its choices).
 TINY_SEARCH = [
     "--synthetic",
     "--set",
-    "data.synthetic_examples=256",
+    "data.synthetic_examples=1024",
     "--batch-size",
     "64",
     "--set",
     "data.val_examples=128",
     "--set",
     "model.params.size=tiny",
+    "--budget-pflops",
+    "0.0005",
 ]
 
 
-def _random_values(seed):
-    hp = kt.HyperParameters()
-    config_for(tiny_config(**{"model.params": {}}), hp)  # registers the space
-    space = kt.oracles.RandomSearchOracle(
-        objective="val_accuracy", max_trials=1, seed=seed, hyperparameters=hp
-    )
-    values = space.populate_space("t")["values"]
-    out = kt.HyperParameters()
-    out.merge(hp)
-    for k, v in values.items():
-        out.values[k] = v
-    return out
+def _records(out: Path) -> dict:
+    """{trial id: its record} from the search's histories/ folder."""
+    return {p.stem: json.loads(p.read_text()) for p in (out / "histories").iterdir()}
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_hypermodel_space_builds_valid_models(seed):
-    import tensorflow as tf
-
-    cfg = config_for(tiny_config(**{"model.params": {}}), _random_values(seed))
-    model = registry.build_model(cfg.model)
-    assert model(tf.zeros((2, 32, 32, 3))).shape == (2, 10)
-    assert cfg.optim.lr > 0 and cfg.model.name == "custom_convnet"
+def _peaks(out: Path) -> dict:
+    return {
+        trial_id: max(row["val_accuracy"] for row in r["history"])
+        for trial_id, r in _records(out).items()
+    }
 
 
 def _tune(*args, env=None, timeout=600):
@@ -107,10 +97,7 @@ def test_search_writes_best_resumes_and_reports(tmp_path):
     best = json.loads((tmp_path / "s" / "best.json").read_text())
     assert best["finished_trials"] == 2
     # best.json names the trial whose recorded curve peaks highest, with that peak.
-    peaks = {
-        p.stem: max(row["val_accuracy"] for row in json.loads(p.read_text()))
-        for p in (tmp_path / "s" / "histories").iterdir()
-    }
+    peaks = _peaks(tmp_path / "s")
     assert best["val_accuracy"] == pytest.approx(max(peaks.values()))
     assert peaks[best["trial_id"]] == pytest.approx(best["val_accuracy"])
     assert best["config"]["model"]["name"] == "custom_convnet"
@@ -155,11 +142,7 @@ def test_distributed_search_survives_a_killed_worker(tmp_path):
     assert len(runs) == 3 and set(runs.values()) == {1}, runs
     assert len({row["pid"] for row in rows}) >= 2, "both workers ran trials"
     # Every trial, whichever worker trained it, is a run of the HParams dashboard.
-    peaks = {
-        p.stem: max(row["val_accuracy"] for row in json.loads(p.read_text()))
-        for p in (out / "histories").iterdir()
-    }
-    _assert_hparams_dashboard(out / "tensorboard", peaks)
+    _assert_hparams_dashboard(out / "tensorboard", _peaks(out))
 
 
 @pytest.mark.slow
@@ -294,20 +277,114 @@ def test_search_reexecutes_itself_with_few_malloc_arenas(monkeypatch):
     assert len(calls) == 1
 
 
-def test_hyperband_continuation_trains_only_the_later_epochs_on_the_same_schedule():
+def _hypermodel(base, name="airbench", resource_max=9):
     from pipeline.training import run
-    from tuning.hypermodel import CustomConvNetHyperModel
+    from tuning.hypermodel import SearchHyperModel
 
-    base = tiny_config(**{"model.name": "custom_convnet", "model.params": {"size": "tiny"}})
-    hp = _random_values(0)
     strategy, inputs = run.prepare(base)
-    hypermodel = CustomConvNetHyperModel(base, inputs, strategy)
+    return SearchHyperModel(space.get(name), base, inputs, strategy, resource_max=resource_max)
+
+
+def _defaults(hypermodel, **values) -> kt.HyperParameters:
+    hp = kt.HyperParameters()
+    hypermodel.config(hp)  # registers the space at its defaults
+    hp.values.update(values)
+    return hp
+
+
+def test_without_a_budget_hyperband_continues_a_trial_on_the_same_schedule():
+    base = tiny_config(**{"model.name": "custom_convnet", "model.params": {"size": "tiny"}})
+    hypermodel = _hypermodel(base, "notebook")
+    hp = _defaults(hypermodel)
     full = hypermodel.fit(hp, hypermodel.build(hp), epochs=3).history
     # Hyperband hands a promoted trial the weights it had and initial_epoch: it trains
     # epoch 3 alone, at epoch 3's learning rate, not a fresh schedule from epoch 1.
     continued = hypermodel.fit(hp, hypermodel.build(hp), epochs=3, initial_epoch=2).history
     assert len(full["lr"]) == 3 and len(continued["lr"]) == 1
     assert continued["lr"][0] == pytest.approx(full["lr"][2])
+
+
+def test_with_a_budget_hyperband_promotion_carries_its_share_and_restarts(tmp_path):
+    import keras
+
+    from pipeline.config import override
+    from tuning.search import BudgetHyperband
+
+    base = override(
+        tiny_config(**{"model.name": "custom_convnet", "model.params": {"size": "tiny"}}),
+        {"train.budget_pflops": 0.0003, "train.epochs": 10},
+    )
+    hypermodel = _hypermodel(base)
+    hypermodel.history_dir = tmp_path / "histories"
+    assert hypermodel.restarts_promoted
+    compute = {}
+    for units in (1, 3, 9):
+        # What Hyperband's trial hands fit: its units of 9 (tuner/epochs), and for a
+        # promoted trial the epoch its parent reached, which a restart ignores.
+        hp = _defaults(hypermodel, **{"tuner/epochs": units, "tuner/initial_epoch": units // 3})
+        callback = keras.callbacks.Callback()
+        callback.trial = type("Trial", (), {"trial_id": f"u{units}"})()  # as keras-tuner's
+        history = hypermodel.fit(hp, hypermodel.build(hp), callbacks=[callback]).history
+        record = json.loads((tmp_path / "histories" / f"u{units}.json").read_text())
+        assert record["budget_fraction"] == units / 9
+        assert record["compute"]["budget_pflops"] == pytest.approx(0.0003 * units / 9)
+        assert len(history["val_accuracy"]) == len(record["history"])  # from epoch 1 on
+        compute[units] = record["compute"]
+    # 3x the share, 3x the images (to the nearest step of 32).
+    images = {u: c["train_images"] for u, c in compute.items()}
+    assert images[3] == pytest.approx(3 * images[1], abs=32 * 2)
+    assert images[9] == pytest.approx(3 * images[3], abs=32 * 2)
+    # A promoted trial is built afresh: BudgetHyperband loads no parent's weights.
+    tuner = BudgetHyperband(
+        hypermodel,
+        objective="val_accuracy",
+        max_epochs=9,
+        directory=str(tmp_path),
+        project_name="p",
+    )
+    promoted = _defaults(hypermodel, **{"tuner/trial_id": "no-such-parent"})
+    assert tuner._build_hypermodel(promoted) is not None  # would fail loading the parent
+
+
+def test_the_search_never_reads_the_test_split(tmp_path, monkeypatch):
+    """The whole search, on a stand-in for tfds that records every split asked of it."""
+    import numpy as np
+
+    from pipeline.config import ConfigError
+    from pipeline.data import sources
+    from scripts import tune
+    from tuning.search import search
+
+    asked = []
+
+    def load(spec, data_dir):
+        asked.append(spec)
+        n = int(spec.split(":")[1].rstrip("]")) - int(spec.split("[")[1].split(":")[0] or 0)
+        rng = np.random.default_rng(len(asked))
+        return sources.Split(
+            rng.integers(0, 255, (n, 32, 32, 3), np.uint8), rng.integers(0, 10, n, np.int32)
+        )
+
+    fake_builder = type(
+        "B", (), {"data_dir": str(tmp_path), "info": type("I", (), {"features": {}})()}
+    )
+    labels = type("L", (), {"names": [f"c{i}" for i in range(10)]})()
+    fake_builder.info.features = {"label": labels}
+    monkeypatch.setattr(sources, "ensure_prepared", lambda cfg: None)
+    monkeypatch.setattr(sources, "builder", lambda data_dir: fake_builder)
+    monkeypatch.setattr(sources, "_load_tfds_split", load)
+    args = tune.parse(
+        ["--tuner", "random", "--max-trials", "1", "--out", str(tmp_path / "s"), "--batch-size",
+         "64", "--train-examples", "1024", "--val-examples", "128", "--budget-pflops", "0.0002",
+         "--set", "model.params.size=tiny", "--precision", "float32"]
+    )  # fmt: skip
+    base = tune.base_config(args)
+    assert base.data.test_examples == 0
+    best = search(base, "random", str(tmp_path / "s"), 1, 9)
+    assert best["finished_trials"] == 1
+    assert asked and all(spec.startswith("train[") for spec in asked), asked
+    with pytest.raises(ConfigError, match="never reads the test split"):
+        tune.base_config(tune.parse(["--test-examples", "100"]))
 
 
 @pytest.mark.parametrize("procid, tuner_id", [("0", "chief"), ("1", "tuner0"), ("3", "tuner2")])
@@ -329,3 +406,47 @@ def test_srun_tasks_become_the_tuners_chief_and_workers(monkeypatch, procid, tun
         "KERASTUNER_ORACLE_IP": "cn07",
         "KERASTUNER_ORACLE_PORT": "9100",
     }
+
+
+def _trial(trial_id, score, **extra):
+    return {"trial_id": trial_id, "score": score, "values": {"lr": 0.1}, "history": [], **extra}
+
+
+def test_the_report_says_plainly_when_trials_are_at_chance_or_diverged():
+    from tuning import frontier
+
+    trials = [_trial("0", 0.62), _trial("1", 0.122), _trial("2", 0.0, diverged=True)]
+    lines = frontier.failure_lines(trials)
+    assert "**1 of 3 trials diverged** (val accuracy under 0.15): 2." in lines
+    assert "**1 of 3 trials at chance** (val accuracy under 0.15): 1." in lines
+    # The new user's search: every trial at chance, and the report says what to do.
+    lines = frontier.failure_lines([_trial("0", 0.122), _trial("1", 0.106)])
+    assert lines[0] == "**2 of 2 trials at chance** (val accuracy under 0.15): 0, 1."
+    assert "No trial learned anything" in lines[1] and "--budget-pflops" in lines[1]
+    assert frontier.failure_lines([_trial("0", 0.62)])[0].startswith("Every one of the 1")
+
+
+def test_the_frontier_marks_hand_recipes_from_their_runs(tmp_path):
+    from tuning import frontier
+
+    run = tmp_path / "challenge_airbench94"
+    run.mkdir()
+    metrics = {"test_accuracy": 0.9, "compute": {"train_pflops": 0.09}, "history": []}
+    (run / "metrics.json").write_text(json.dumps({**metrics, "history": [{"seconds": 12.5}]}))
+    assert frontier.hand_runs([str(run)]) == [
+        {
+            "name": "challenge_airbench94",
+            "accuracy": 0.9,
+            "split": "test",
+            "pflops": 0.09,
+            "seconds": 12.5,
+        }
+    ]
+    trials = [
+        _trial("0", 0.8, compute={"train_pflops": 0.01}, train_seconds=3.0),
+        _trial("1", 0.1, compute={"train_pflops": 0.03}, train_seconds=9.0),
+    ]
+    frontier.plot(trials, frontier.hand_runs([str(run)]), tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    with pytest.raises(FileNotFoundError, match="metrics.json does not exist"):
+        frontier.hand_runs([str(tmp_path / "nothing")])
