@@ -14,12 +14,14 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import keras_tuner as kt
-
-from models.custom_convnet import SIZES, custom_convnet
 from pipeline.config import Config, override
 from pipeline.errors import UserError
+
+if TYPE_CHECKING:  # the registry stays importable without TensorFlow (the local launcher's
+    # process must stay single-threaded): spaces only call the hyperparameters they get
+    import keras_tuner as kt
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,8 @@ class Space:
 def _builder_params(base: Config) -> dict:
     """custom_convnet's keyword arguments as `base` builds it: defaults, then its params,
     with `size` read as widths."""
+    from models.custom_convnet import SIZES, custom_convnet  # noqa: PLC0415 - imports Keras
+
     defaults = {
         name: p.default
         for name, p in inspect.signature(custom_convnet).parameters.items()
