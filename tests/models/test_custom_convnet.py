@@ -30,6 +30,32 @@ def test_whitening_kernel_whitens_2x2_patches():
     np.testing.assert_allclose(out[:, 12:], -out[:, :12], atol=1e-4)
 
 
+def test_a_3x3_stem_of_12_channels_whitens_its_6_strongest_patch_directions():
+    images = _correlated_images()
+    full = custom_convnet.whitening_kernel(images, eps=1e-8, size=3)
+    kernel = custom_convnet.whitening_kernel(images, eps=1e-8, size=3, width=12)
+    assert full.shape == (3, 3, 3, 54) and kernel.shape == (3, 3, 3, 12)
+    np.testing.assert_allclose(kernel[..., :6], full[..., :6])  # the largest eigenvalues first
+    out = tf.nn.conv2d(images, kernel, 1, "VALID").numpy().reshape(-1, 12)
+    np.testing.assert_allclose(np.cov(out[:, :6], rowvar=False), np.eye(6), atol=0.05)
+    np.testing.assert_allclose(out[:, 6:], -out[:, :6], atol=1e-4)
+    model = build_model(
+        ModelConfig(
+            name="custom_convnet",
+            params={"size": "tiny", "whiten_size": 3, "whiten_width": 12},
+        )
+    )
+    assert custom_convnet.whiten_stem(model, images[:50])
+    assert model.get_layer("whiten").kernel.shape == (3, 3, 3, 12)
+
+
+@pytest.mark.parametrize("size, width", [(2, 26), (2, 13), (3, 0)])
+def test_a_whitening_width_the_patches_cannot_give_is_refused(size, width):
+    params = {"size": "tiny", "whiten_size": size, "whiten_width": width}
+    with pytest.raises(custom_convnet.ModelError, match="whiten_width must be even and 2.."):
+        build_model(ModelConfig(name="custom_convnet", params=params))
+
+
 def test_whiten_stem_is_set_and_frozen():
     model = build_model(ModelConfig(name="custom_convnet", params={"size": "tiny"}))
     assert custom_convnet.whiten_stem(model, _correlated_images(50))

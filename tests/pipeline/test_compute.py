@@ -92,3 +92,29 @@ def test_without_a_budget_the_run_is_as_given_and_its_compute_recorded():
     assert resolved == cfg
     assert cost.budget_pflops == 0 and cost.train_images == 20 * 32  # 8 a epoch x 2.5
     assert cost.train_pflops == pytest.approx(3 * forward * 20 * 32 / 1e15)
+
+
+def test_a_budgeted_run_records_its_compute_and_reruns_from_its_config(tmp_path):
+    import json
+
+    from pipeline.config import from_dict
+    from pipeline.training import run
+
+    cfg = override(
+        tiny_config(),
+        {"train.budget_pflops": 2e-6, "train.epochs": 4, "train.out_dir": str(tmp_path / "r")},
+    )
+    metrics = run.train(cfg, log=lambda s: None)
+    forward = compute.flops_per_image(registry.build_model(cfg.model))
+    steps = round(2e-6 * 1e15 / (3 * forward * 32))
+    assert metrics["compute"]["budget_pflops"] == 2e-6
+    assert metrics["compute"]["forward_flops_per_image"] == forward
+    assert metrics["compute"]["train_images"] == steps * 32
+    assert sum(len(row["step_losses"]) for row in metrics["history"]) == steps
+    # config.json holds the run as trained (its epochs), the budget as a record beside it:
+    # rerunning it trains the same steps, not a budget applied twice.
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["resolved"]["train.budget_pflops"]["budget_pflops"] == 2e-6
+    rerun = from_dict(saved)
+    assert rerun.train.budget_pflops == 0
+    assert run_length(256, 32, rerun.train.epochs).total_steps == steps
