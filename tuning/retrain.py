@@ -56,8 +56,9 @@ def contenders(out: Path) -> dict[str, Config]:
 
 def retrain(out: str | Path, seeds: list[int], updates: dict) -> dict:
     """Trains both contenders with each seed (seed by seed, so a cut-short retrain stays
-    balanced) into `out`/retrain/NAME-seedS; a run already finished there is read, not
-    trained again. `updates` (dotted config keys) go on top of both.
+    balanced) into `out`/retrain/LENGTH/NAME-seedS (LENGTH: "0.09pflops"); a run already
+    finished there is read, not trained again. `updates` (dotted config keys, e.g. another
+    budget) go on top of both.
 
     Raises:
         SearchError: for a seed the search itself trained with.
@@ -65,28 +66,36 @@ def retrain(out: str | Path, seeds: list[int], updates: dict) -> dict:
     from pipeline.training import run  # noqa: PLC0415 - imports TensorFlow
 
     out = Path(out)
-    pair = contenders(out)
+    pair = {name: override(cfg, updates) for name, cfg in contenders(out).items()}
     search_seed = pair["searched"].train.seed
     if search_seed in seeds:
         raise SearchError(
             f"seed {search_seed} is the one the search trained its trials with; retrain with "
             f"others, e.g. --seeds {' '.join(str(search_seed + i) for i in (1, 2, 3))}"
         )
+    here = out / FOLDER / length_label(pair["searched"])
     runs: dict[str, list[dict]] = {name: [] for name in pair}
     for seed in seeds:
         for name, cfg in pair.items():
-            folder = out / FOLDER / f"{name}-seed{seed}"
+            folder = here / f"{name}-seed{seed}"
             metrics_path = folder / "metrics.json"
             if metrics_path.is_file():
                 metrics = json.loads(metrics_path.read_text())
             else:
-                where = {"train.seed": seed, "train.out_dir": str(folder), **updates}
+                where = {"train.seed": seed, "train.out_dir": str(folder)}
                 metrics = run.train(override(cfg, where))
             runs[name].append(_summary(metrics))
     result = {"seeds": seeds, "runs": runs, "means": _means(runs)}
-    write_json(out / FOLDER / "retrain.json", result)
-    write_text(out / FOLDER / "retrain.md", "\n".join(describe(result)) + "\n")
+    write_json(here / "retrain.json", result)
+    write_text(here / "retrain.md", "\n".join(describe(result)) + "\n")
     return result
+
+
+def length_label(cfg: Config) -> str:
+    """The folder of one comparison's runs: its budget ("0.09pflops") or epochs."""
+    if cfg.train.budget_pflops:
+        return f"{cfg.train.budget_pflops:g}pflops"
+    return f"{cfg.train.epochs:g}epochs"
 
 
 def _summary(metrics: dict) -> dict:
