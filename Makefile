@@ -27,8 +27,9 @@ notebook: setup
 	$(BIN)/cifar-notebook --ipynb notebooks/cifar10_notebook.ipynb --data-dir $(DATA_DIR) \
 	  $(if $(CIFAR10_LOCAL),--local-copy $(CIFAR10_LOCAL))
 
-# Two pytest-xdist workers, one a core: the process-bound tests overlap (README: Tests).
-test: setup
+# Lint first (seconds), then two pytest-xdist workers, one a core: the process-bound tests
+# overlap (README: Tests).
+test: setup lint
 	$(BIN)/python -m pytest -q -n 2
 
 lint: setup

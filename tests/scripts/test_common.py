@@ -34,3 +34,48 @@ def test_a_bug_keeps_its_traceback():
         _exit_code(ValueError("internal"))
     with pytest.raises(TypeError):
         _exit_code(TypeError("internal"))
+
+
+CLIS = ("bench", "data", "evaluate", "export", "notebook", "predict", "train", "tune")
+
+
+def _cli_exit(module: str, error: BaseException, monkeypatch) -> int:
+    """The exit code of a CLI whose body raises `error` (its first call, parse, does)."""
+    import importlib
+
+    cli = importlib.import_module(f"scripts.{module}")
+
+    def raise_error(argv=None):
+        raise error
+
+    monkeypatch.setattr(cli, "parse", raise_error)
+    return cli.main()
+
+
+@pytest.mark.parametrize("module", CLIS)
+def test_every_cli_maps_each_exception_to_its_exit_code(module, monkeypatch, capsys):
+    import signal
+
+    from pipeline.errors import (
+        EXIT_DIVERGED,
+        EXIT_INTERRUPTED,
+        EXIT_USER_ERROR,
+        EXIT_WORKER_LOST,
+        Preempted,
+        WorkerLostError,
+    )
+
+    expected = [
+        (UserError("bad flag"), EXIT_USER_ERROR),
+        (ConfigError("bad key"), EXIT_USER_ERROR),
+        (NonFiniteLossError("loss nan"), EXIT_DIVERGED),
+        (WorkerLostError("lost tuner1"), EXIT_WORKER_LOST),
+        (Preempted(signal.SIGTERM, "stopped by SIGTERM"), 128 + signal.SIGTERM),
+        (Preempted(signal.SIGINT, "stopped by SIGINT"), 128 + signal.SIGINT),
+        (KeyboardInterrupt(), EXIT_INTERRUPTED),
+    ]
+    for error, code in expected:
+        assert _cli_exit(module, error, monkeypatch) == code, (module, error)
+    assert (EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_WORKER_LOST, EXIT_INTERRUPTED) == (2, 3, 4, 130)
+    err = capsys.readouterr().err
+    assert "error: bad flag" in err and "error: lost tuner1" in err and "stopped by SIGTERM" in err

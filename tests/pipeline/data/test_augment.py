@@ -96,3 +96,26 @@ def test_eager_equals_in_pipeline_equals_xla(cfg):
     xla = tf.function(fn, jit_compile=True)(tf.constant(x), idx).numpy()
     np.testing.assert_allclose(eager, mapped, rtol=0, atol=1e-6)
     np.testing.assert_allclose(eager, xla, rtol=0, atol=1e-5)
+
+
+def test_shifts_draw_every_dy_dx_pair_independently_as_recovered_from_the_images():
+    """Each pixel holds its own coordinates, so the shifted image says where it came from:
+    the centre pixel of image i is the original's (16 + dy - 4, 16 + dx - 4)."""
+    import collections
+
+    from pipeline.config import AugmentConfig
+    from pipeline.data import augment as aug
+
+    n, pad = 4000, 4
+    rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    coords = np.stack([rows, cols, np.zeros_like(rows)], -1).astype(np.uint8)
+    images = tf.constant(np.broadcast_to(coords, (n, 32, 32, 3)))
+    keys = aug.image_keys(tf.range(n, dtype=tf.int64), 0)
+    cfg = AugmentConfig(translate=pad, pad_mode="reflect")
+    pairs = collections.Counter()
+    for epoch in (0, 1):
+        centre = aug.augment(images, keys, epoch, cfg).numpy()[:, 16, 16, :2].astype(int)
+        pairs.update(map(tuple, centre - 16))
+    assert set(pairs) == {(dy, dx) for dy in range(-pad, pad + 1) for dx in range(-pad, pad + 1)}
+    # 8,000 draws over 81 pairs: about 99 each if independent and uniform.
+    assert min(pairs.values()) > 50 and max(pairs.values()) < 160, pairs

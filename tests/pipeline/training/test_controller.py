@@ -127,3 +127,22 @@ def test_fit_hands_the_run_to_the_controller_with_its_four_actions(monkeypatch):
     monkeypatch.setattr(controller.Controller, "__init__", spy_init)
     run.train(tiny_config(), log=lambda s: None)
     assert made == [["Validate", "Record", "Checkpoints", "Report"]]
+
+
+def test_a_stop_agreed_during_an_epochs_validation_is_saved_off_the_cadence():
+    # Checkpoints every 2 epochs: epoch 1's end is off the cadence, but a stop agreed while
+    # it validates (after its last step) must still leave a checkpoint of epoch 1.
+    stops = preemption.StopRequests()
+    trainer, cfg = _trainer(3, stops.flag, **{"train.checkpoint_every_epochs": 2})
+    run_dir = SavesRecorded()
+
+    class StopWhileValidating(controller.RunAction):
+        def epoch_end(self, trainer, history):
+            if history[-1]["epoch"] == 1:
+                stops.flag.assign(True)  # as the signal watcher does
+
+    run_actions = [StopWhileValidating(), controller.Checkpoints(run_dir, cfg.train, 0)]
+    outer = controller.Controller(trainer, run_actions, stops, lambda: "kept", 50)
+    with pytest.raises(Preempted, match="after epoch 1; kept"):
+        outer.run(0, [])
+    assert run_dir.saved == [(8, "end of epoch 1")]

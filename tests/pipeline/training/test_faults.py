@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from pipeline.runtime import out_claim, private_network
 from pipeline.training import loop, run, steps
-from tests.conftest import REPO, TINY, tiny_config
+from tests.conftest import REPO, TINY, latest_checkpoint_step, tiny_config
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 # Epochs long enough to be interrupted between two steps: 128 steps of 32 images, with
@@ -196,7 +196,7 @@ def test_local_workers_loopback_only_sigterm_saves_all_and_a_lost_worker_ends_th
     flags = [*EPOCHS_OF_MANY_STEPS, "--epochs", "3", "--local-workers", "2"]
     flags += ["--set", "train.checkpoint_every_steps=16"]
     proc = _train(*flags, out=tmp_path)
-    _wait_for(lambda: 16 in _checkpoint_steps(tmp_path), 240, proc)
+    _wait_for(lambda: latest_checkpoint_step(tmp_path) >= 16, 240, proc)
 
     workers = _workers(proc.pid)
     assert sorted(workers) == [0, 1]
@@ -218,12 +218,12 @@ def test_local_workers_loopback_only_sigterm_saves_all_and_a_lost_worker_ends_th
     assert proc.returncode == 143, err[-3000:]
     assert time.monotonic() - sent < 30
     # Saving is collective: the chief's checkpoint exists only if both workers saved it.
-    saved = max(_checkpoint_steps(tmp_path))
+    saved = latest_checkpoint_step(tmp_path)
     epoch, step = saved // STEPS_PER_EPOCH + 1, saved % STEPS_PER_EPOCH
     assert err.count(f"stopped by SIGTERM at epoch {epoch}, step {step}/") == 2, err[-3000:]
 
     proc = _train(*flags, out=tmp_path)
-    _wait_for(lambda: max(_checkpoint_steps(tmp_path)) > saved, 240, proc)
+    _wait_for(lambda: latest_checkpoint_step(tmp_path) > saved, 240, proc)
     workers = _workers(proc.pid)
     os.kill(workers[1], signal.SIGKILL)
     killed = time.monotonic()
@@ -232,7 +232,7 @@ def test_local_workers_loopback_only_sigterm_saves_all_and_a_lost_worker_ends_th
     assert f"resuming from the checkpoint of epoch {epoch}, step {step}/" in out
     assert proc.returncode == 4, err[-3000:]
     assert f"lost worker 1 (pid {workers[1]}), which was killed by SIGKILL" in err
-    kept = max(_checkpoint_steps(tmp_path))
+    kept = latest_checkpoint_step(tmp_path)
     assert f"Run the same command again to resume from ckpt-{kept}" in err
 
     # The last launch asks for the export: a multi-worker run names the command instead.
@@ -421,17 +421,17 @@ def test_a_cluster_without_launcher_stops_at_one_step_and_its_workers_report_a_l
     flags = [*EPOCHS_OF_MANY_STEPS, "--epochs", "3", "--out", str(out)]
     flags += ["--set", "train.checkpoint_every_steps=16"]
     proc, pids = _cluster(flags, logs)
-    _wait_for(lambda: out.is_dir() and 16 in _checkpoint_steps(out), 240, proc)
+    _wait_for(lambda: out.is_dir() and latest_checkpoint_step(out) >= 16, 240, proc)
     os.kill(pids[1], signal.SIGTERM)
     assert _ended(proc) == [143, 143]
     errs = [(logs / f"worker{i}.err").read_text() for i in (0, 1)]
-    saved = max(_checkpoint_steps(out))
+    saved = latest_checkpoint_step(out)
     epoch, step = saved // STEPS_PER_EPOCH + 1, saved % STEPS_PER_EPOCH
     assert f"stopped by SIGTERM at epoch {epoch}, step {step}/" in errs[1], errs[1][-3000:]
     assert f"stopped by a signal to another worker at epoch {epoch}, step {step}/" in errs[0]
 
     proc, pids = _cluster(flags, logs)
-    _wait_for(lambda: max(_checkpoint_steps(out)) > saved, 240, proc)
+    _wait_for(lambda: latest_checkpoint_step(out) > saved, 240, proc)
     os.kill(pids[1], signal.SIGKILL)
     codes = _ended(proc)
     assert codes[0] == 4 and codes[1] == -signal.SIGKILL, codes
@@ -449,7 +449,7 @@ def test_a_frozen_worker_ends_the_run_with_exit_4(tmp_path):
     flags = [*EPOCHS_OF_MANY_STEPS, "--epochs", "3", "--local-workers", "2"]
     flags += ["--set", "train.checkpoint_every_steps=16"]
     proc = _train(*flags, out=tmp_path)
-    _wait_for(lambda: 16 in _checkpoint_steps(tmp_path), 240, proc)
+    _wait_for(lambda: latest_checkpoint_step(tmp_path) >= 16, 240, proc)
     frozen = _workers(proc.pid)[1]
     os.kill(frozen, signal.SIGSTOP)
     stopped = time.monotonic()

@@ -18,7 +18,7 @@ from pipeline.config import OptimConfig
 from pipeline.errors import NonFiniteLossError
 from pipeline.run_length import RunLength, run_length
 from pipeline.training import keras_fit, loop, optim, precision, run, steps
-from tests.conftest import REPO, TINY, tiny_config
+from tests.conftest import REPO, TINY, latest_checkpoint_step, tiny_config
 
 
 def _weights(cfg, strategy_name="default", replicas=0):
@@ -249,6 +249,36 @@ class _StopAfterEpoch(keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+def test_each_steps_loss_survives_a_resume_from_the_middle_of_an_epoch(tmp_path, monkeypatch):
+    # 8 steps an epoch, a checkpoint every 3 steps inside it; the run dies entering the
+    # call after epoch 2's step 3 was saved (global step 11), so it resumes mid-epoch and
+    # epoch 2's first 3 step losses must come from the checkpoint.
+    recipe = {**RECIPE, "train.epochs": 3, "train.checkpoint_every_steps": 3}
+    full = run.train(
+        tiny_config(**recipe, **{"train.out_dir": str(tmp_path / "full")}), log=lambda s: None
+    )
+    cfg = tiny_config(**recipe, **{"train.out_dir": str(tmp_path / "resumed")})
+    original = loop.Trainer.train_steps
+
+    def dies_at_step_11(self, limit, progress=None):
+        if self.global_step == 11:
+            raise KeyboardInterrupt  # a crash: nothing more is saved
+        return original(self, limit, progress)
+
+    monkeypatch.setattr(loop.Trainer, "train_steps", dies_at_step_11)
+    with pytest.raises(KeyboardInterrupt):
+        run.train(cfg, log=lambda s: None)
+    monkeypatch.setattr(loop.Trainer, "train_steps", original)
+    latest = tf.train.latest_checkpoint(str(tmp_path / "resumed" / "checkpoints"))
+    assert latest.endswith("ckpt-11"), latest
+    logs = []
+    resumed = run.train(cfg, log=logs.append)
+    assert any("epoch 2, step 3/8" in line for line in logs), logs
+    for a, b in zip(full["history"], resumed["history"], strict=True):
+        assert len(b["step_losses"]) == 8
+        np.testing.assert_allclose(b["step_losses"], a["step_losses"], rtol=1e-5)
+
+
 def test_resume_with_cut_epochs_restores_every_variable(tmp_path):
     # Epochs cut to 5 of their 8 steps, 2.6 of them: 13 steps, the last epoch 3 of 5; the
     # run length the data, schedule, actions and loop share. (Full epochs: the kill -9
@@ -352,13 +382,9 @@ def _recipe_flags(epochs: int, examples: int = 512) -> list[str]:
     return flags
 
 
-def _checkpoint_steps(out: Path) -> list[int]:
-    return sorted(int(p.name[5:-6]) for p in (out / "checkpoints").glob("ckpt-*.index"))
-
-
 def _wait_for_checkpoint(proc, out: Path, after: int) -> None:
     deadline = time.monotonic() + 240
-    while not any(step > after for step in _checkpoint_steps(out)):
+    while latest_checkpoint_step(out) <= after:
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         assert time.monotonic() < deadline, "no checkpoint in time"
         time.sleep(0.05)
@@ -389,7 +415,7 @@ def test_kill_9_then_sigterm_mid_epoch_then_the_run_ends_as_an_uninterrupted_one
     _wait_for_checkpoint(proc, out, after=8)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = max(_checkpoint_steps(out))
+    killed_at = latest_checkpoint_step(out)
     assert killed_at < steps_per_epoch, "killed inside the first epoch"
 
     proc = start(out)
@@ -400,7 +426,7 @@ def test_kill_9_then_sigterm_mid_epoch_then_the_run_ends_as_an_uninterrupted_one
     assert time.monotonic() - sent < 30
     assert proc.returncode == 143, stderr[-3000:]
     assert f"resuming from the checkpoint of epoch 1, step {killed_at}/64" in stdout
-    saved = max(_checkpoint_steps(out))
+    saved = latest_checkpoint_step(out)
     assert steps_per_epoch + 8 < saved < 2 * steps_per_epoch, "saved where it stopped"
     assert f"stopped by SIGTERM at epoch 2, step {saved - steps_per_epoch}/64" in stderr
     assert "run the same command again to resume" in stderr
