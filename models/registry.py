@@ -10,6 +10,7 @@ This package imports nothing from the rest of the project.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import pkgutil
@@ -81,7 +82,9 @@ def entry(name: str) -> Entry:
     """Raises ModelError naming the known models when `name` is not one."""
     _load_families()
     if name not in _REGISTRY:
-        raise ModelError(f"unknown model {name!r}; known models: {', '.join(names())}")
+        close = difflib.get_close_matches(name, names(), n=2, cutoff=0.6)
+        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+        raise ModelError(f"unknown model {name!r}.{hint} Known models: {', '.join(names())}")
     return _REGISTRY[name]
 
 

@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pipeline.errors import UserError
+from pipeline.errors import UserError, did_you_mean
 
 
 @dataclass(frozen=True)
@@ -338,7 +338,8 @@ def override(cfg: Any, updates: dict, prefix: str = "") -> Any:
             )
         if head not in known:
             raise ConfigError(
-                f"unknown config key {prefix}{key!r}; valid keys: {', '.join(sorted(known))}"
+                f"unknown config key {prefix}{key!r}.{did_you_mean(prefix + key, known)} "
+                f"Valid keys: {', '.join(sorted(known))}"
             )
     changes = {}
     hints = _hints(type(cfg))

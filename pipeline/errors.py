@@ -10,6 +10,7 @@ that escapes is a bug in the project and keeps its traceback.
 
 from __future__ import annotations
 
+import difflib
 import signal
 
 # Every command's exit codes, defined here only.
@@ -49,3 +50,9 @@ class WorkerLostError(RuntimeError):
     and rerunning the same command resumes (exit code 4)."""
 
     exit_code = EXIT_WORKER_LOST
+
+
+def did_you_mean(name: str, known) -> str:
+    """ " Did you mean 'x'?" for the known names closest to a mistyped one, else ""."""
+    close = difflib.get_close_matches(name, list(known), n=2, cutoff=0.6)
+    return f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""

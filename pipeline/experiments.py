@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipeline.config import Config, ConfigError, override
+from pipeline.errors import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,10 @@ def describe(name: str) -> str:
 def get(name: str) -> Config:
     """Raises ConfigError naming the known experiments."""
     if name not in _EXPERIMENTS:
-        raise ConfigError(f"unknown experiment {name!r}; experiments: {', '.join(names())}")
+        raise ConfigError(
+            f"unknown experiment {name!r}.{did_you_mean(name, names())} "
+            f"Experiments: {', '.join(names())}"
+        )
     return _EXPERIMENTS[name].make()
 
 

@@ -63,7 +63,7 @@ def test_a_few_steps_on_one_batch_lower_the_loss(name):
 
 
 def test_unknown_and_duplicate_names_raise():
-    with pytest.raises(registry.ModelError, match="known models: .*functional_two_layer_fc"):
+    with pytest.raises(registry.ModelError, match="Known models: .*functional_two_layer_fc"):
         registry.build_model(ModelConfig(name="resnet9000"))
     with pytest.raises(ValueError, match="registered twice"):
         registry.register("functional_two_layer_fc")(lambda num_classes: None)

@@ -28,6 +28,14 @@ def test_unknown_key_lists_valid_keys():
         override(Config(), {"optim.lrr": 1})
 
 
+def test_a_mistyped_key_gets_a_did_you_mean():
+    with pytest.raises(ConfigError, match="Did you mean 'optim.lookahead_every_steps'"):
+        override(Config(), {"optim.lookahed_every_steps": 3})
+    with pytest.raises(ConfigError) as refused:
+        override(Config(), {"zzz": 3})
+    assert "Did you mean" not in str(refused.value)
+
+
 def test_bad_type_and_bad_choice_raise():
     with pytest.raises(ConfigError, match="data.batch_size.*int"):
         override(Config(), parse_overrides(["data.batch_size=ten"]))

@@ -452,7 +452,7 @@ def test_kill_9_then_sigterm_mid_epoch_then_the_run_ends_as_an_uninterrupted_one
 @pytest.mark.slow
 def test_cli_exit_codes(tmp_path):
     bad = subprocess.run(_cli("--model", "nope"), cwd=REPO, capture_output=True, text=True)
-    assert bad.returncode == 2 and "known models:" in bad.stderr
+    assert bad.returncode == 2 and "Known models:" in bad.stderr
     bad = subprocess.run(
         _cli(*TINY, "--set", "optim.lr=fast"), cwd=REPO, capture_output=True, text=True
     )
