@@ -127,7 +127,7 @@ def list_spaces() -> None:
         hp = kt.HyperParameters()
         s.changes(hp, experiments.get(s.base))
         print(f"{name}{' (default)' if name == DEFAULT_SPACE else ''}: around {s.base}")
-        print(f"  {(s.doc or '').splitlines()[0]}")
+        print(f"  {s.doc}")
         print(f"  hyperparameters: {', '.join(p.name for p in hp.space)}")
 
 

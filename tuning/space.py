@@ -197,8 +197,18 @@ def notebook_changes(hp: kt.HyperParameters, base: Config) -> dict:
 SPACES = {
     s.name: s
     for s in (
-        Space("airbench", "challenge_airbench94", airbench_changes, airbench_changes.__doc__),
-        Space("notebook", "challenge", notebook_changes, notebook_changes.__doc__),
+        Space(
+            "airbench",
+            "challenge_airbench94",
+            airbench_changes,
+            "airbench94's architecture and recipe; its defaults are challenge_airbench94",
+        ),
+        Space(
+            "notebook",
+            "challenge",
+            notebook_changes,
+            "the course notebook's questions (pooling, head, dropout, stem, optimiser)",
+        ),
     )
 }
 DEFAULT_SPACE = "airbench"
