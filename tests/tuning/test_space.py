@@ -94,3 +94,18 @@ def test_every_draw_of_a_space_builds_a_valid_model(name, seed):
 def test_an_unknown_space_names_the_known_ones():
     with pytest.raises(space.UserError, match="unknown search space 'nas'; spaces: airbench"):
         space.get("nas")
+
+
+def test_searched_b009_is_the_searchs_best_trial_through_the_space():
+    import json
+    from pathlib import Path
+
+    from pipeline.config import override
+
+    best = json.loads((Path(__file__).parents[2] / "docs/search_b009/best.json").read_text())
+    hp = kt.HyperParameters()
+    base = experiments.get("challenge_airbench94")
+    space.airbench_changes(hp, base)
+    hp.values.update(best["hyperparameters"])
+    rebuilt = space.config_for(space.get("airbench"), base, hp)
+    assert experiments.get("searched_b009") == override(rebuilt, {"train.budget_pflops": 0.09})
