@@ -258,6 +258,15 @@ def write_report(out: str, hand: list[str] = ()) -> Path:
         "|rank correlation| for continuous ranges). Few trials make these hints, not proofs.",
         "",
     ]
+    shares = sorted({t["budget_fraction"] for t in trials if t.get("budget_fraction")})
+    if len(shares) > 1:
+        lines += [
+            "Trials at every share of the budget are pooled here ("
+            + ", ".join(f"{s:.3g}" for s in shares)
+            + "): Hyperband's short trials score lower whatever their values, so a value "
+            "tried mostly in short trials looks worse than it is.",
+            "",
+        ]
     for name in sorted(effects, key=lambda k: effects[k]["importance"], reverse=True):
         lines += _finding(name, effects[name])
     lines += [""] + memory_lines(out) + ["## Plots", ""] + [f"![{f}]({f})" for f in files] + [""]
