@@ -80,7 +80,8 @@ def parse(argv=None) -> argparse.Namespace:
         nargs="*",
         default=[],
         metavar="RUN",
-        help="report: run folders of hand recipes (cifar-train --out) marked on the frontier",
+        help="report: run folders of hand recipes (cifar-train --out; LABEL=FOLDER to name one) "
+        "marked on the frontier",
     )
     add_data_args(p)
     add_override_arg(p)

@@ -59,14 +59,15 @@ def split_lines(trials: list[dict]) -> list[str]:
 
 
 def hand_runs(folders: list[str]) -> list[dict]:
-    """The hand recipes' measured runs (cifar-train --out folders): name, accuracy (test,
-    else validation), PFLOPs and training seconds.
+    """The hand recipes' measured runs (cifar-train --out folders, or LABEL=FOLDER): name,
+    accuracy (test, else validation), PFLOPs and training seconds.
 
     Raises:
         FileNotFoundError: naming a folder without metrics.json.
     """
     runs = []
-    for folder in folders:
+    for entry in folders:
+        label, _, folder = entry.rpartition("=")  # "LABEL=FOLDER" names the star
         path = Path(folder) / "metrics.json"
         if not path.is_file():
             raise FileNotFoundError(
@@ -78,7 +79,7 @@ def hand_runs(folders: list[str]) -> list[dict]:
         test = m.get("test_accuracy")
         runs.append(
             {
-                "name": Path(folder).name,
+                "name": label or Path(folder).name,
                 "accuracy": test if test is not None else m.get("val_accuracy"),
                 "split": "test" if test is not None else "val",
                 "pflops": m["compute"]["train_pflops"],

@@ -446,6 +446,7 @@ def test_the_frontier_marks_hand_recipes_from_their_runs(tmp_path):
         _trial("0", 0.8, compute={"train_pflops": 0.01}, train_seconds=3.0),
         _trial("1", 0.1, compute={"train_pflops": 0.03}, train_seconds=9.0),
     ]
+    assert frontier.hand_runs([f"airbench94 at 0.09={run}"])[0]["name"] == "airbench94 at 0.09"
     frontier.plot(trials, frontier.hand_runs([str(run)]), tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
     with pytest.raises(FileNotFoundError, match="metrics.json does not exist"):
