@@ -13,6 +13,8 @@ from pathlib import Path
 import keras_tuner as kt
 import tensorflow as tf
 from tensorboard.plugins.hparams import api as hparams
+from tensorboard.plugins.hparams import api_pb2
+from tensorboard.plugins.hparams import summary as hparams_v1
 
 LOGDIR = "tensorboard"  # inside the search's --out
 METRICS = ("val_accuracy", "val_loss", "train_accuracy", "train_loss")  # per epoch
@@ -41,9 +43,12 @@ def write_search_space(out: Path, space: kt.HyperParameters) -> None:
     writer.close()
 
 
-def write_trial(out: Path, trial_id: str, values: dict, history: list[dict]) -> None:
+def write_trial(
+    out: Path, trial_id: str, values: dict, history: list[dict], failed: bool = False
+) -> None:
     """One trial's run: its hyperparameter values (scalars only: keras-tuner's bookkeeping
-    such as a Hyperband parent's id may be None) and each epoch's metrics."""
+    such as a Hyperband parent's id may be None), each epoch's metrics, and how it ended
+    (the dashboard's Status column: success, or failure for a diverged trial)."""
     run = tf.summary.create_file_writer(str(out / LOGDIR / f"trial_{trial_id}"))
     with run.as_default():
         shown = {k: v for k, v in values.items() if isinstance(v, (bool, int, float, str))}
@@ -52,4 +57,7 @@ def write_trial(out: Path, trial_id: str, values: dict, history: list[dict]) -> 
             for name in METRICS:
                 if name in row:
                     tf.summary.scalar(name, row[name], step=row["epoch"])
+        status = api_pb2.Status.STATUS_FAILURE if failed else api_pb2.Status.STATUS_SUCCESS
+        end = hparams_v1.session_end_pb(status)
+        tf.summary.experimental.write_raw_pb(end.SerializeToString(), step=0)
     run.close()

@@ -113,7 +113,11 @@ class SearchHyperModel(kt.HyperModel):
             }
             write_json(self.history_dir / f"{trial_id}.json", record, indent=None)
             hparams_board.write_trial(
-                self.history_dir.parent, trial_id, hp.values, result["history"]
+                self.history_dir.parent,
+                trial_id,
+                hp.values,
+                result["history"],
+                failed=record["diverged"],
             )
             self._record_memory(trial_id)
         history = keras.callbacks.History()

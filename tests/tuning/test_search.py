@@ -75,6 +75,7 @@ def _assert_hparams_dashboard(logdir: Path, peaks: dict) -> None:
     for trial_id, peak in peaks.items():
         tags = runs[f"trial_{trial_id}"]
         assert "_hparams_/session_start_info" in tags
+        assert "_hparams_/session_end_info" in tags  # the dashboard's Status column
         assert max(float(v) for v in tags["val_accuracy"]) == pytest.approx(peak)
 
 
@@ -451,3 +452,24 @@ def test_the_frontier_marks_hand_recipes_from_their_runs(tmp_path):
     assert (tmp_path / "f.png").stat().st_size > 1000
     with pytest.raises(FileNotFoundError, match="metrics.json does not exist"):
         frontier.hand_runs([str(tmp_path / "nothing")])
+
+
+@pytest.mark.parametrize("failed, status", [(False, "STATUS_SUCCESS"), (True, "STATUS_FAILURE")])
+def test_each_trial_ends_with_a_status_in_the_hparams_dashboard(tmp_path, failed, status):
+    import tensorflow as tf
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    from tuning import hparams_board
+
+    history = [{"epoch": 1, "val_accuracy": 0.0 if failed else 0.5}]
+    hparams_board.write_trial(tmp_path, "0001", {"lr": 0.1}, history, failed=failed)
+    ends = []
+    for path in (tmp_path / "tensorboard" / "trial_0001").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_end_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(
+                        value.metadata.plugin_data.content
+                    )
+                    ends.append(api_pb2.Status.Name(data.session_end_info.status))
+    assert ends == [status]
