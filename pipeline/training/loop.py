@@ -296,6 +296,7 @@ def fit(
     with stops, _peers_watched(strategy, run_dir):
         outer.run(start, history, controller.progress_bar(tcfg))
     result = {"history": history, **trainer.finish()}
+    run_dir.record_final(result, length.epochs)
     if history and "val_accuracy" in history[-1]:
         result["val_accuracy"] = history[-1]["val_accuracy"]
     return {**result, "wall_seconds": time.perf_counter() - wall}

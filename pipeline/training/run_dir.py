@@ -91,6 +91,17 @@ class RunDirectory:
 
         plot_curves(history, self.dir / "curves.png")
 
+    def record_final(self, scores: dict, epochs: int) -> None:
+        """The run's final scores (test accuracy with and without TTA) as TensorBoard
+        scalars at the last epoch, beside the per-epoch curves."""
+        if not (self.dir and self.chief):
+            return
+        with self.writer.as_default(step=epochs):
+            for key in ("test_accuracy", "test_accuracy_no_tta", "test_loss"):
+                if scores.get(key) is not None:
+                    tf.summary.scalar(key, scores[key])
+        self.writer.flush()
+
     def save(self, global_step: int, position: str) -> None:
         """Writes a checkpoint numbered by the global step (collective: every worker calls
         it at the same step); `position` says where in the run it is, for messages."""

@@ -613,3 +613,15 @@ def test_two_replicas_match_one_for_a_batch_norm_net():
     assert any(
         not np.allclose(a, b, rtol=1e-3, atol=1e-4) for a, b in zip(one, two_unsynced, strict=True)
     )
+
+
+def test_tensorboard_holds_the_final_test_accuracy_with_and_without_tta(tmp_path):
+    cfg = tiny_config(**{"train.tta": "flip", "train.out_dir": str(tmp_path)})
+    metrics = run.train(cfg, log=lambda s: None)
+    scalars = {}
+    for path in (tmp_path / "tensorboard").glob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for value in event.summary.value:
+                scalars[value.tag] = (event.step, float(tf.make_ndarray(value.tensor)))
+    assert scalars["test_accuracy"] == (1, pytest.approx(metrics["test_accuracy"]))
+    assert scalars["test_accuracy_no_tta"] == (1, pytest.approx(metrics["test_accuracy_no_tta"]))
