@@ -117,7 +117,9 @@ class TrainConfig:
     # eval batches of training images that refresh BN statistics before each evaluation; 0 = use
     # the running averages as trained
     bn_recalibration_batches: int = 0
-    progress: Literal["auto", "bar", "none"] = "auto"  # auto: a bar on a TTY
+    # auto: a bar on a TTY, else a line every `progress_every_seconds` (logs, nohup, SLURM)
+    progress: Literal["auto", "bar", "none"] = "auto"
+    progress_every_seconds: float = 30.0
     max_steps_per_epoch: int = 0  # >0: cut each epoch to this many steps (benchmarks, tests)
 
 
@@ -138,6 +140,7 @@ RUNTIME_KEYS = (
     "train.slurm_port",
     "train.out_dir",
     "train.progress",
+    "train.progress_every_seconds",
     "train.checkpoint_every_epochs",
     "train.checkpoint_every_steps",
     "train.keep_checkpoints",

@@ -137,6 +137,9 @@ def run_cli(main: Callable[[], int | None]) -> Callable[[], int]:
         # BF16 or AMX; elsewhere they make the step faster too (docs/experiments.md,
         # "Speed"). Read at TensorFlow's import.
         os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
+        # A line at a time into logs (nohup, SLURM, CI), not a block at the end.
+        if hasattr(sys.stdout, "reconfigure"):
+            sys.stdout.reconfigure(line_buffering=True)
         try:
             return main() or 0
         except UserError as e:

@@ -11,6 +11,7 @@ first at every step they are due, so a checkpoint at that step holds their resul
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 
 import keras
@@ -92,7 +93,7 @@ class Controller:
         `stopped` actions (a save) and raises `Preempted`."""
         trainer = self.trainer
         n_steps = trainer.steps_in_epoch
-        bar = progress(n_steps) if progress else None
+        bar = progress(n_steps, trainer.epochs_done + 1) if progress else None
         while not trainer.epoch_complete:
             wanted = [a.steps_to_next(trainer) for a in self.run_actions]
             limit = min(
@@ -191,11 +192,46 @@ def epoch_logs(row: dict) -> dict:
     return {k: v for k, v in row.items() if k not in ("epoch", "step_losses")}
 
 
-def progress_bar(tcfg: TrainConfig) -> Callable[[int], keras.utils.Progbar]:
-    """A progress bar factory for epochs of n steps: shown on a TTY (or when asked)."""
-    show = tcfg.progress == "bar" or (tcfg.progress == "auto" and sys.stdout.isatty())
-    return lambda n_steps: keras.utils.Progbar(
-        n_steps, verbose=1 if show else 0, stateful_metrics=["loss", "acc"]
+class ProgressLines:
+    """Progress where no bar can show (a log file, `nohup`, SLURM, CI): a line at most every
+    `every_seconds`, with the epoch, the step, loss and accuracy so far, images/s and the
+    epoch's time left. The same `update` as keras.utils.Progbar."""
+
+    def __init__(self, n_steps: int, epoch: str, batch_size: int, every_seconds: float, log=print):
+        self.n_steps, self.epoch, self.batch_size = n_steps, epoch, batch_size
+        self.every_seconds, self.log = every_seconds, log
+        self.start = self.last = time.monotonic()
+        self.first_step = None
+
+    def update(self, step: int, values: list[tuple[str, float]]) -> None:
+        now = time.monotonic()
+        if self.first_step is None:  # steps before this object (a resume) are not timed
+            self.first_step, self.start = step, self.last
+        if now - self.last < self.every_seconds or step >= self.n_steps:
+            return  # the epoch's own summary line closes it
+        self.last = now
+        done, seconds = step - self.first_step, now - self.start
+        rate = done / seconds if seconds > 0 and done > 0 else 0.0
+        left = f"{(self.n_steps - step) / rate:.0f} s" if rate else "?"
+        figures = "  ".join(f"{name} {value:.4f}" for name, value in values)
+        self.log(
+            f"epoch {self.epoch} step {step}/{self.n_steps}  {figures}  "
+            f"{rate * self.batch_size:.0f} images/s  epoch ends in {left}"
+        )
+
+
+def progress_bar(tcfg: TrainConfig, batch_size: int, epochs: int) -> Callable:
+    """A progress factory for an epoch of n steps (`factory(n_steps, epoch)`): a bar on a
+    TTY (or when asked), timed lines elsewhere (`progress=auto`), nothing for "none"."""
+    if tcfg.progress == "none":
+        return lambda n_steps, epoch: None
+    if tcfg.progress == "bar" or sys.stdout.isatty():
+        return lambda n_steps, epoch: keras.utils.Progbar(
+            n_steps, verbose=1, stateful_metrics=["loss", "acc"]
+        )
+    every = tcfg.progress_every_seconds
+    return lambda n_steps, epoch: ProgressLines(
+        n_steps, f"{epoch}/{epochs}", batch_size, every, lambda s: print(s, flush=True)
     )
 
 

@@ -145,7 +145,7 @@ class Trainer:
             self._trained = trained
         return self._train_steps
 
-    def train_steps(self, limit: int, progress: keras.utils.Progbar | None = None) -> int:
+    def train_steps(self, limit: int, progress=None) -> int:
         """Trains up to `limit` more steps of the epoch in progress, fewer when a stop was
         requested (the stop flag), then runs the actions due at the step reached; returns
         the steps done.
@@ -294,7 +294,8 @@ def fit(
     ]
     outer = controller.Controller(trainer, run_actions, stops, run_dir.what_is_kept, STEPS_PER_CALL)
     with stops, _peers_watched(strategy, run_dir):
-        outer.run(start, history, controller.progress_bar(tcfg))
+        progress = controller.progress_bar(tcfg, cfg.data.batch_size, length.epochs)
+        outer.run(start, history, progress)
     result = {"history": history, **trainer.finish()}
     run_dir.record_final(result, length.epochs)
     if history and "val_accuracy" in history[-1]:

@@ -146,3 +146,32 @@ def test_a_stop_agreed_during_an_epochs_validation_is_saved_off_the_cadence():
     with pytest.raises(Preempted, match="after epoch 1; kept"):
         outer.run(0, [])
     assert run_dir.saved == [(8, "end of epoch 1")]
+
+
+def test_without_a_terminal_progress_is_a_timed_line_with_rate_and_time_left(capsys):
+    # 8 steps an epoch in calls of 3 (a checkpoint every 3 steps): lines after steps 3
+    # and 6; the epoch's own summary closes it (no line at step 8).
+    import pathlib
+    import tempfile
+
+    cfg = tiny_config(
+        **{
+            "train.progress": "auto",
+            "train.progress_every_seconds": 0.0,
+            "train.checkpoint_every_steps": 3,
+            "train.out_dir": tempfile.mkdtemp(),
+        }
+    )
+    run.train(cfg, log=lambda s: None)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch 1/1 ")]
+    assert [line.split()[3] for line in lines] == ["3/8", "6/8"], lines
+    assert all("loss" in line and "images/s" in line and "epoch ends in" in line for line in lines)
+    assert pathlib.Path(cfg.train.out_dir).is_dir()
+
+
+def test_progress_lines_wait_their_interval():
+    printed = []
+    lines = controller.ProgressLines(100, "2/5", 64, every_seconds=3600, log=printed.append)
+    for step in range(1, 100):
+        lines.update(step, [("loss", 1.0)])
+    assert printed == []  # an hour between lines: none in a fast epoch
