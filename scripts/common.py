@@ -152,6 +152,8 @@ def run_cli(main: Callable[[], int | None]) -> Callable[[], int]:
             print(f"error: {e}", file=sys.stderr)
             return EXIT_WORKER_LOST
         except Preempted as e:
+            if sys.stdout.isatty():  # end the progress bar's line: the message gets its own
+                print(flush=True)
             print(str(e), file=sys.stderr)
             return e.exit_code
         except KeyboardInterrupt:

@@ -275,7 +275,13 @@ def fit(
     )
     history = run_dir.restore()[: trainer.epochs_done]
     start = trainer.epochs_done or initial_epoch
-    if trainer.epochs_done or trainer.epoch_step:
+    if trainer.epochs_done >= length.epochs:
+        run_dir.describe_latest(trainer.position)
+        log(
+            f"{tcfg.out_dir} holds this run fully trained ({length.epochs} epochs): "
+            "evaluating it again, without training (a new --out trains afresh)"
+        )
+    elif trainer.epochs_done or trainer.epoch_step:
         run_dir.describe_latest(trainer.position)
         where = trainer.position if trainer.epoch_step else f"epoch {start}"
         log(f"resuming from the checkpoint of {where} in {tcfg.out_dir}")
@@ -296,7 +302,12 @@ def fit(
     with stops, _peers_watched(strategy, run_dir):
         progress = controller.progress_bar(tcfg, cfg.data.batch_size, length.epochs)
         outer.run(start, history, progress)
-    result = {"history": history, **trainer.finish()}
+    with stops:  # a signal now stops the run once the evaluation in progress is done
+        result = {"history": history, **trainer.finish()}
+    if stops.signum is not None:
+        stops.raise_stopped(
+            "during the final evaluation", f"training had finished; {run_dir.what_is_kept()}"
+        )
     run_dir.record_final(result, length.epochs)
     if history and "val_accuracy" in history[-1]:
         result["val_accuracy"] = history[-1]["val_accuracy"]

@@ -625,3 +625,32 @@ def test_tensorboard_holds_the_final_test_accuracy_with_and_without_tta(tmp_path
                 scalars[value.tag] = (event.step, float(tf.make_ndarray(value.tensor)))
     assert scalars["test_accuracy"] == (1, pytest.approx(metrics["test_accuracy"]))
     assert scalars["test_accuracy_no_tta"] == (1, pytest.approx(metrics["test_accuracy_no_tta"]))
+
+
+def test_a_finished_run_rerun_says_so_and_trains_nothing(tmp_path):
+    cfg = tiny_config(**{"train.epochs": 2, "train.out_dir": str(tmp_path)})
+    first = run.train(cfg, log=lambda s: None)
+    logs = []
+    again = run.train(cfg, log=logs.append)
+    assert any("holds this run fully trained (2 epochs): evaluating it again" in s for s in logs)
+    assert not any("resuming" in s for s in logs)
+    assert [r["epoch"] for r in again["history"]] == [1, 2]
+    assert again["test_accuracy"] == pytest.approx(first["test_accuracy"])
+
+
+def test_a_signal_during_the_final_evaluation_stops_with_a_message(tmp_path, monkeypatch):
+    from pipeline.errors import Preempted
+
+    original = loop.Trainer.finish
+
+    def signalled_while_evaluating(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler is installed: no exit here
+        result = original(self)
+        time.sleep(0.5)  # the watcher thread reads the signal
+        return result
+
+    monkeypatch.setattr(loop.Trainer, "finish", signalled_while_evaluating)
+    cfg = tiny_config(**{"train.out_dir": str(tmp_path)})
+    with pytest.raises(Preempted, match="during the final evaluation; training had finished"):
+        run.train(cfg, log=lambda s: None)
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
