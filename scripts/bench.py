@@ -13,6 +13,12 @@ cifar-bench train [--experiment NAME | --model NAME] [--set KEY=VALUE] [--precis
 
 cifar-bench profile [--experiment NAME | --model NAME] [--set KEY=VALUE] [--steps N]
     TensorFlow's profiler around N steps of the loop: milliseconds per step by op type.
+cifar-bench peak [--dtypes float32,bfloat16] [--json OUT]
+    the CPU's conv peak as TensorFlow reaches it: GFLOP/s of a large 3x3 NHWC conv, its
+    input gradient and its weight gradient, each alone (the yardstick for `train`'s GFLOP/s).
+
+`train` also prints each contender's GFLOP/s: images/s x 3 x the model's forward FLOPs per
+image (pipeline/compute.py).
 
 Measured figures live in the README's results section, with the commands that made them.
 """
@@ -60,6 +66,10 @@ def parse(argv=None) -> argparse.Namespace:
     _add_training_args(prof)
     prof.add_argument("--steps", type=int, default=4, help="profiled steps")
     prof.add_argument("--top", type=int, default=12, help="op types listed; the rest summed")
+    peak = sub.add_parser("peak", help="conv GFLOP/s: forward, input and weight gradients")
+    peak.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated")
+    peak.add_argument("--repeats", type=int, default=5, help="timed calls per op (median)")
+    peak.add_argument("--json", metavar="OUT", help="write the results here")
     return parser.parse_args(argv)
 
 
@@ -104,6 +114,13 @@ def bench_train(args) -> dict:
         cfg, args.steps, args.repeats, args.contenders, log=lambda s: print(s, flush=True)
     )
     results = out["results"]
+    forward = _forward_flops(cfg)
+    train_flops = 3 * forward  # forward + backward, as pipeline/compute.py counts
+    gflops = {k: v["median"] * train_flops / 1e9 for k, v in results.items()}
+    print(
+        f"{forward / 1e9:.3f} GFLOP forward per image, {train_flops / 1e9:.3f} per training "
+        "image: " + ", ".join(f"{k} {v:,.0f} GFLOP/s" for k, v in gflops.items())
+    )
     ratios = {
         f"loop_over_{k}": results["loop"]["median"] / v["median"]
         for k, v in results.items()
@@ -114,6 +131,8 @@ def bench_train(args) -> dict:
         **{k: v["median"] for k, v in results.items()},
         "runs": {k: v["runs"] for k, v in results.items()},
         **ratios,
+        "forward_flops_per_image": forward,
+        "gflops_per_second": gflops,
         "skipped": out["skipped"],
         "settings": {
             **_settings(args, cfg, choice),
@@ -127,6 +146,28 @@ def bench_train(args) -> dict:
             },
         },
     }
+
+
+def _forward_flops(cfg: Config) -> int:
+    from models import registry  # noqa: PLC0415 - imports TensorFlow
+    from pipeline import compute  # noqa: PLC0415
+
+    return compute.flops_per_image(registry.build_model(cfg.model))
+
+
+def bench_peak(args) -> dict:
+    from pipeline.bench import peak  # noqa: PLC0415 - imports TensorFlow
+    from pipeline.training import precision  # noqa: PLC0415
+
+    results = {}
+    for dtype in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
+        r = results[dtype] = peak.conv_peak(dtype, args.repeats)
+        print(
+            f"{dtype:9s} forward {r['forward']:,.0f}  input gradient {r['input_gradient']:,.0f}  "
+            f"weight gradient {r['weight_gradient']:,.0f} GFLOP/s",
+            flush=True,
+        )
+    return {"results": results, "cpu": precision.cpu_model(), "shape": peak.SHAPE}
 
 
 def bench_profile(args) -> dict:
@@ -162,7 +203,12 @@ def _settings(args, cfg: Config, choice) -> dict:
 @run_cli
 def main() -> None:
     args = parse()
-    run = {"pipeline": bench_pipeline, "train": bench_train, "profile": bench_profile}
+    run = {
+        "pipeline": bench_pipeline,
+        "train": bench_train,
+        "profile": bench_profile,
+        "peak": bench_peak,
+    }
     result = run[args.command](args)
     if args.json:
         write_json(args.json, result)

@@ -80,8 +80,26 @@ def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
 
 
 def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
-    """The CPU's model name, stated beside every measured figure; None where unknown."""
-    return _cpuinfo_field(("model name",), cpuinfo)
+    """The CPU as every measured figure states it: its model name, family and model
+    numbers (the flags alone do not tell a Zen 4 from a Zen 5) and its bfloat16 units;
+    None where unknown."""
+    name = _cpuinfo_field(("model name",), cpuinfo)
+    if name is None:
+        return None
+    try:
+        fields = dict(
+            (key.strip(), value.strip())
+            for key, _, value in (
+                line.partition(":") for line in Path(cpuinfo).read_text().splitlines()
+            )
+            if key.strip() in ("cpu family", "model")
+        )
+    except OSError:
+        fields = {}
+    flags = cpu_flags(cpuinfo) or frozenset()
+    units = ", ".join(f for f in BF16_CPU_FLAGS if f in flags) or "no bfloat16 units"
+    numbers = f"family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}"
+    return f"{name} ({numbers}; {units})"
 
 
 def gpu_capabilities() -> list[tuple[int, int]]:
