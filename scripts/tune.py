@@ -45,8 +45,20 @@ from tuning.space import get as get_space
 
 
 def parse(argv=None) -> argparse.Namespace:
+    """`cifar-tune [search] ...`, `cifar-tune report ...` or `cifar-tune retrain ...`, each
+    with its own flags (and its own --help)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] in (["report"], ["retrain"]):
+        action = argv[0]
+        parser = (_report_parser if action == "report" else _retrain_parser)()
+        return argparse.Namespace(action=action, list=False, **vars(parser.parse_args(argv[1:])))
+    if argv[:1] == ["search"]:
+        argv = argv[1:]
+    return argparse.Namespace(action="search", **vars(_search_parser().parse_args(argv)))
+
+
+def _search_parser() -> argparse.ArgumentParser:
     p = command_parser("cifar-tune", __doc__)
-    p.add_argument("action", nargs="?", default="search", choices=["search", "report", "retrain"])
     p.add_argument("--tuner", default="hyperband", choices=TUNERS)
     p.add_argument("--space", default=DEFAULT_SPACE, choices=sorted(SPACES), help="search space")
     p.add_argument(
@@ -72,20 +84,45 @@ def parse(argv=None) -> argparse.Namespace:
         p, "distributed search: keras-tuner chief + N workers, reachable on loopback only"
     )
     p.add_argument("--seed", type=int, default=0, help="the search's seed (every trial's)")
-    p.add_argument(
-        "--seeds", type=int, nargs="+", default=[1, 2, 3], help="retrain: seeds, not the search's"
+    add_data_args(p)
+    add_override_arg(p)
+    return p
+
+
+def _report_parser() -> argparse.ArgumentParser:
+    p = command_parser(
+        "cifar-tune report",
+        "report.md in --out from a finished search: trials that failed, the splits, the "
+        "leaderboard, what each hyperparameter did, and its plots (accuracy_vs_compute.png, "
+        "learning curves, accuracy against the most important hyperparameters).",
     )
+    p.add_argument("--out", default="runs/search", help="the search's folder")
     p.add_argument(
         "--hand",
         nargs="*",
         default=[],
         metavar="RUN",
-        help="report: run folders of hand recipes (cifar-train --out; LABEL=FOLDER to name one) "
+        help="run folders of hand recipes (cifar-train --out; LABEL=FOLDER to name one) "
         "marked on the frontier",
     )
+    return p
+
+
+def _retrain_parser() -> argparse.ArgumentParser:
+    p = command_parser(
+        "cifar-tune retrain",
+        "The search's best recipe and the hand recipe its space is centred on, trained "
+        "side by side at the search's budget on all the training images and scored on the "
+        "test set, with seeds the search never used: --out/retrain/BUDGET/retrain.md.",
+    )
+    p.add_argument("--out", default="runs/search", help="the search's folder")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds, not the search's"
+    )
+    p.add_argument("--precision", choices=choices("train.precision"), default="auto")
     add_data_args(p)
     add_override_arg(p)
-    return p.parse_args(argv)
+    return p
 
 
 FLAGS = {  # flag -> config key

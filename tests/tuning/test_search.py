@@ -473,3 +473,19 @@ def test_each_trial_ends_with_a_status_in_the_hparams_dashboard(tmp_path, failed
                     )
                     ends.append(api_pb2.Status.Name(data.session_end_info.status))
     assert ends == [status]
+
+
+def test_report_and_retrain_have_their_own_flags_and_help(capsys):
+    from scripts import tune
+
+    args = tune.parse(["report", "--out", "s", "--hand", "airbench94=runs/a"])
+    assert (args.action, args.out, args.hand) == ("report", "s", ["airbench94=runs/a"])
+    assert tune.parse(["retrain", "--seeds", "4", "5"]).seeds == [4, 5]
+    assert tune.parse(["search", "--tuner", "random"]).tuner == "random"
+    assert tune.parse([]).action == "search"
+    with pytest.raises(SystemExit):
+        tune.parse(["report", "--help"])
+    shown = capsys.readouterr().out
+    assert "cifar-tune report" in shown and "--hand" in shown and "--max-trials" not in shown
+    with pytest.raises(SystemExit):
+        tune.parse(["report", "--max-trials", "3"])  # a search flag, refused here
