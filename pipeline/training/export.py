@@ -1,10 +1,16 @@
 """A trained model as a SavedModel that needs nothing of this project to serve:
 `serving_default` takes uint8 images [N, 32, 32, 3], normalises them inside and returns
 float32 class probabilities (with the run's test-time augmentation). Keras models also get
-a `.keras` file beside it."""
+a `.keras` file beside it.
+
+Whatever precision trained it, the export serves a float32 copy built from plain Keras
+layers (stock BatchNormalization and GELU, not the training's fused kernels): ops every
+TensorFlow runtime has, TFLite's converter included."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
 import shutil
@@ -14,9 +20,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from models import registry
 from pipeline.data import augment
 from pipeline.errors import UserError
-from pipeline.training import steps
+from pipeline.training import precision, steps
 
 SIGNATURE = "serving_default"
 KERAS_FILE = "model.keras"
@@ -82,6 +89,13 @@ def export_model(
             "output": "probabilities: float32 [N, classes]",
             "test_time_augmentation": tta,
             "files": files,
+            # model.keras is the bare network: normalised input, logits out.
+            "keras_model": {
+                "input": "float32 [N, 32, 32, 3]: (image - mean) / std, per channel",
+                "output": "logits [N, classes] (softmax gives probabilities); no TTA",
+                "mean": [float(m) for m in np.asarray(mean)],
+                "std": [float(v) for v in np.asarray(std)],
+            },
         }
         (tmp / INFO_FILE).write_text(json.dumps(description, indent=2) + "\n")
         if to.exists():
@@ -94,6 +108,31 @@ def export_model(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return to
+
+
+def portable_model(model, model_cfg):
+    """A float32 copy of a Keras `model` built from plain layers (its builder's `fused`
+    off and stock initialisers, where it has them), holding the same weights: the
+    training's precision, fused kernels and project classes stay out of the export. A
+    tf.Module (the low-level variants, float32 already) is returned as it is."""
+    if not isinstance(model, keras.Model):
+        return model
+    params = dict(model_cfg.params)
+    accepted = inspect.signature(registry.entry(model_cfg.name).builder).parameters
+    if "fused" in accepted:
+        params["fused"] = False
+    if "init" in accepted:  # the weights are copied over; stock initialisers keep the
+        params["init"] = "glorot"  # .keras file loadable by plain Keras
+    with precision.policy_scope("float32"):
+        twin = registry.build_model(dataclasses.replace(model_cfg, params=params))
+    by_path = {v.path: v for v in model.weights}
+    if set(by_path) >= {v.path for v in twin.weights}:
+        pairs = [(v, by_path[v.path]) for v in twin.weights]
+    else:  # names uniquified by a second build (subclassed models): the same order
+        pairs = list(zip(twin.weights, model.weights, strict=True))
+    for target, source in pairs:
+        target.assign(tf.cast(source, target.dtype))
+    return twin
 
 
 def export_run(
@@ -110,7 +149,7 @@ def export_run(
         **extra,
     }
     return export_model(
-        model,
+        portable_model(model, cfg.model),
         trained_on.mean,
         trained_on.std,
         trained_on.class_names,
