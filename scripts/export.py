@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
+from pipeline.errors import UserError
+from pipeline.files import check_target
 from scripts.common import command_parser, run_cli
 
 
@@ -30,10 +33,15 @@ def parse(argv=None) -> argparse.Namespace:
 @run_cli
 def main() -> None:
     args = parse()
+    # What needs no TensorFlow is checked before its 10 s import.
+    if not (Path(args.run_dir) / "config.json").is_file():
+        raise UserError(
+            f"{args.run_dir} holds no run (no config.json): give the --out folder of a "
+            "cifar-train run"
+        )
+    check_target(args.to, args.overwrite)
     from pipeline.inference import restore  # noqa: PLC0415 - imports TensorFlow
-    from pipeline.training import export  # noqa: PLC0415
 
-    export.check_target(args.to, args.overwrite)  # before the slow restore
     restored = restore.restore_run(args.run_dir, test_split=False)  # no data needed
     print(f"wrote {restore.export_restored(restored, args.to, args.overwrite)}")
 

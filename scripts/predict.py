@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from pipeline.errors import EXIT_USER_ERROR
+from pipeline.errors import EXIT_USER_ERROR, UserError
 from scripts.common import command_parser, run_cli
 
 
@@ -30,6 +31,11 @@ def parse(argv=None) -> argparse.Namespace:
 @run_cli
 def main() -> int:
     args = parse()
+    if not (Path(args.model_dir) / "saved_model.pb").is_file():  # before TensorFlow's import
+        raise UserError(
+            f"{args.model_dir} holds no export (no saved_model.pb): give a cifar-export --to "
+            "folder or a run's RUN_DIR/export"
+        )
     from pipeline.inference import predict  # noqa: PLC0415 - imports TensorFlow
 
     results, errors = predict.predict_files(args.model_dir, args.images, args.top)

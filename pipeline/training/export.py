@@ -22,16 +22,12 @@ import tensorflow as tf
 
 from models import registry
 from pipeline.data import augment
-from pipeline.errors import UserError
+from pipeline.files import check_target
 from pipeline.training import precision, steps
 
 SIGNATURE = "serving_default"
 KERAS_FILE = "model.keras"
 INFO_FILE = "export.json"
-
-
-class ExportError(UserError):
-    """The export cannot be written where asked; the message says the fix."""
 
 
 class _Serving(tf.Module):
@@ -46,17 +42,6 @@ class _Serving(tf.Module):
         x = augment.normalise(images, self._mean, self._std)
         logits = steps.predict_logits(self.model, x, self._tta)
         return {"probabilities": tf.nn.softmax(logits)}
-
-
-def check_target(to: str | Path, overwrite: bool) -> None:
-    """Raises ExportError unless `to` is absent, an empty folder, or `overwrite` is set."""
-    to = Path(to)
-    if to.exists() and not to.is_dir():
-        raise ExportError(f"{to} is a file: give a folder to export into")
-    if to.is_dir() and any(to.iterdir()) and not overwrite:
-        raise ExportError(
-            f"{to} is not empty: give a new folder, or --overwrite to replace what is there"
-        )
 
 
 def export_model(

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from pipeline import files
 from pipeline.inference import evaluate, predict, restore
 from pipeline.training import export, run
-from tests.conftest import tiny_config
+from tests.conftest import REPO, tiny_config
 
 SMALL_NET = {"model.name": "custom_convnet", "model.params": {"size": "tiny"}}
 
@@ -216,7 +217,7 @@ def test_export_refuses_a_non_empty_folder_and_never_leaves_half_a_one(tmp_path,
     target = tmp_path / "served"
     target.mkdir()
     (target / "keep.txt").write_text("mine")
-    with pytest.raises(export.ExportError, match="not empty.*--overwrite"):
+    with pytest.raises(files.ExportError, match="not empty.*--overwrite"):
         restore.export_restored(restored, target)
 
     def fail(*args, **kwargs):
@@ -342,3 +343,38 @@ def test_a_run_folder_restores_and_exports_without_the_dataset(tmp_path, monkeyp
     assert len(restored.inputs.splits.train.labels) == 0 and len(labels) > 0
     probs = evaluate.test_probabilities(restored, "flip")
     assert np.mean(probs.argmax(1) == labels) == pytest.approx(result["test_accuracy"])
+
+
+CHECK_WITHOUT_TF = textwrap.dedent(
+    """
+    import sys
+    from scripts import export, predict
+    run, busy = sys.argv[1], sys.argv[2]
+    codes = []
+    for cli, argv in (
+        (export, [run + "/missing", "--to", run + "/new"]),
+        (export, [run, "--to", busy]),
+        (predict, [run, "a.png"]),
+    ):
+        sys.argv = ["cli", *argv]
+        codes.append(cli.main())
+    print(codes, "tensorflow" in sys.modules)
+    """
+)
+
+
+def test_a_missing_run_a_busy_target_or_a_missing_export_fail_before_tensorflow_loads(tmp_path):
+    (tmp_path / "config.json").write_text("{}")  # looks like a run folder
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    done = subprocess.run(
+        [sys.executable, "-c", CHECK_WITHOUT_TF, str(tmp_path), str(tmp_path / "busy")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.strip() == "[2, 2, 2] False", done.stdout + done.stderr[-2000:]
+    assert "missing holds no run (no config.json)" in done.stderr
+    assert "busy is not empty" in done.stderr
+    assert "holds no export (no saved_model.pb)" in done.stderr
