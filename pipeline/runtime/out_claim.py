@@ -87,6 +87,9 @@ def check_free_space(out: str | Path, needed_bytes: int, what: str) -> None:
 
 
 def _unwritable(out: Path, e: OSError) -> str:
+    blocker = next((p for p in (out, *out.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:  # mkdir's EEXIST / ENOTDIR: a file where a folder must go
+        return f"{blocker} is a file, not a folder: give an --out that is a folder (or a new path)"
     why = {
         errno.EROFS: "is on a read-only file system",
         errno.EACCES: "is not writable by this user",
@@ -94,7 +97,9 @@ def _unwritable(out: Path, e: OSError) -> str:
         errno.ENOSPC: "is on a full file system",
         errno.EDQUOT: "is over its disk quota",
     }.get(e.errno, f"cannot be written ({e.strerror})")
-    return f"{out} {why}: give a writable --out with free space"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{out} {why}: free some space or give another --out"
+    return f"{out} {why}: give a writable --out"
 
 
 def _read_pid(fd: int) -> int | None:

@@ -356,6 +356,16 @@ def test_a_read_only_or_full_out_fails_before_training(tmp_path, options, model,
     assert "epoch 1/1" not in done.stdout, "refused before training"
 
 
+@pytest.mark.parametrize("out", ["a_file", "a_file/run"])
+def test_an_out_that_is_or_lies_under_a_file_is_named_as_such(tmp_path, out):
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(out_claim.OutDirError) as refused:
+        out_claim.claim(tmp_path / out)
+    message = str(refused.value)
+    assert f"{tmp_path / 'a_file'} is a file, not a folder" in message
+    assert "space" not in message
+
+
 def test_without_a_private_namespace_local_workers_refuse_unless_the_risk_is_accepted(
     monkeypatch,
 ):
