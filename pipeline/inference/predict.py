@@ -11,6 +11,9 @@ import tensorflow as tf
 from pipeline.errors import UserError
 from pipeline.training.export import SIGNATURE
 
+# What the formats' files start with: a file is named by its content, not its extension.
+_MAGIC = {"PNG": b"\x89PNG\r\n\x1a\n", "JPEG": b"\xff\xd8\xff", "GIF": b"GIF8", "BMP": b"BM"}
+
 
 class ImageError(UserError):
     """One input file is not an image the model can read; the message names it."""
@@ -43,13 +46,16 @@ def read_image(path: str | Path) -> np.ndarray:
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     data = path.read_bytes()
+    kind = next((name for name, magic in _MAGIC.items() if data.startswith(magic)), None)
+    if kind is None:
+        raise ImageError(
+            f"{path}: not a PNG, JPEG, GIF or BMP image (its first bytes are none of theirs)"
+        )
     try:
         image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-        detail = e.message.split("] ")[-1].strip()  # TensorFlow's reason, without op names
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError):
         raise ImageError(
-            f"{path}: not a whole PNG, JPEG, GIF or BMP image (truncated or another format: "
-            f"{detail})"
+            f"{path}: a {kind} file that does not decode whole (truncated or damaged)"
         ) from None
     image = tf.image.resize(image, (32, 32), method="area")  # area: no aliasing when shrinking
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8).numpy()

@@ -258,7 +258,13 @@ def test_predict_reads_any_image_and_names_the_files_it_cannot(tmp_path, capsys,
         assert top[0][0].startswith("class_")
     assert set(errors) == {str(tmp_path / n) for n in ("cut.png", "notes.png", "missing.png")}
     assert "missing.png: no such file" in errors[str(tmp_path / "missing.png")]
-    assert "cut.png: not a whole PNG" in errors[str(tmp_path / "cut.png")]
+    assert "cut.png: a PNG file that does not decode whole" in errors[str(tmp_path / "cut.png")]
+    # A text file is named for what it is, with no TensorFlow op trace nor other formats.
+    notes = errors[str(tmp_path / "notes.png")]
+    assert notes.endswith(
+        "notes.png: not a PNG, JPEG, GIF or BMP image (its first bytes are none of theirs)"
+    )
+    assert "Op:" not in notes and "WebP" not in notes
 
     from scripts import predict as predict_cli
 
