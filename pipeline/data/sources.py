@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import socket
@@ -43,12 +45,32 @@ def _tfds():
     return tfds
 
 
+@contextlib.contextmanager
+def _quiet_tfds():
+    """Without tfds's chatter that misleads here: "Variant folder ... has no
+    dataset_info.json" (absl, every time a builder looks at a data dir not prepared yet) and
+    "Downloading and preparing dataset" (stdout) during an import that downloads nothing.
+    Its progress bars (stderr) and errors stay."""
+    from absl import logging as absl_logging  # noqa: PLC0415 - comes with TensorFlow
+
+    previous = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        absl_logging.set_verbosity(previous)
+
+
 def builder(data_dir: str | None):
-    return _tfds().builder(DATASET, data_dir=data_dir)
+    with _quiet_tfds():
+        return _tfds().builder(DATASET, data_dir=data_dir)
 
 
 def is_prepared(data_dir: str | None) -> bool:
-    return builder(data_dir).is_prepared()
+    b = builder(data_dir)
+    with _quiet_tfds():
+        return b.is_prepared()
 
 
 def import_local_copy(src: str, data_dir: str | None, check_digests: bool = True) -> Path:
@@ -67,7 +89,7 @@ def import_local_copy(src: str, data_dir: str | None, check_digests: bool = True
     """
     tfds = _tfds()
     b = builder(data_dir)
-    if b.is_prepared():
+    if is_prepared(data_dir):
         return Path(b.data_dir)
     with binary_release(src) as root:
         folder, _ = root
@@ -80,7 +102,10 @@ def import_local_copy(src: str, data_dir: str | None, check_digests: bool = True
             return manager
 
         b._make_download_manager = local_manager
-        b.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+        with _quiet_tfds():
+            b.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(try_download_gcs=False)
+            )
     return Path(b.data_dir)
 
 
