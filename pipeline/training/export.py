@@ -39,9 +39,22 @@ class _Serving(tf.Module):
 
     @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.uint8, name="images")])
     def serve(self, images):
-        x = augment.normalise(images, self._mean, self._std)
-        logits = steps.predict_logits(self.model, x, self._tta)
-        return {"probabilities": tf.nn.softmax(logits)}
+        # A signature call does not check static shapes: a wrong image size must fail
+        # here, with the shape it wants, not serve numbers.
+        tf.debugging.assert_equal(
+            tf.shape(images)[1:],
+            tf.constant([32, 32, 3]),
+            message="images must be uint8 [N, 32, 32, 3] (RGB, 0-255)",
+        )
+        classes = len(self.class_names.shape) and self.class_names.shape[0]
+
+        def probabilities():
+            x = augment.normalise(images, self._mean, self._std)
+            return tf.nn.softmax(steps.predict_logits(self.model, x, self._tta))
+
+        # An empty batch gets an empty answer (TTA's mirror padding fails on no images).
+        empty = tf.zeros([0, classes], tf.float32)
+        return {"probabilities": tf.cond(tf.shape(images)[0] > 0, probabilities, lambda: empty)}
 
 
 def export_model(

@@ -384,3 +384,12 @@ def test_a_missing_run_a_busy_target_or_a_missing_export_fail_before_tensorflow_
     assert "missing holds no run (no config.json)" in done.stderr
     assert "busy is not empty" in done.stderr
     assert "holds no export (no saved_model.pb)" in done.stderr
+
+
+def test_the_serving_signature_answers_an_empty_batch_and_refuses_a_wrong_size(tmp_path):
+    out, _ = _train(tmp_path, **{"train.tta": "flip_translate", "train.export": True})
+    serve = tf.saved_model.load(str(out / "export")).signatures[export.SIGNATURE]
+    assert serve(images=tf.zeros([0, 32, 32, 3], tf.uint8))["probabilities"].shape == (0, 10)
+    assert serve(images=tf.zeros([3, 32, 32, 3], tf.uint8))["probabilities"].shape == (3, 10)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"images must be uint8 \[N, 32, 32"):
+        serve(images=tf.zeros([4, 16, 32, 3], tf.uint8))
