@@ -133,3 +133,13 @@ def export_restored(restored: Restored, to: str | Path, overwrite: bool = False)
         overwrite,
         checkpoint=Path(restored.checkpoint).name,
     )
+
+
+def training_images(restored: Restored, data_dir: str | None = None, n: int = 200):
+    """The first `n` training images of the run's split (uint8): what int8 quantisation
+    calibrates on. Reads the data (from `data_dir` when given)."""
+    data = restored.cfg.data
+    if data_dir is not None:
+        data = override(data, {"data_dir": data_dir})
+    small = override(data, {"val_examples": 0, "test_examples": 0})
+    return sources.load_splits(small, restored.cfg.train.seed).train.images[:n]

@@ -46,15 +46,13 @@ class _Serving(tf.Module):
             tf.constant([32, 32, 3]),
             message="images must be uint8 [N, 32, 32, 3] (RGB, 0-255)",
         )
-        classes = len(self.class_names.shape) and self.class_names.shape[0]
-
-        def probabilities():
-            x = augment.normalise(images, self._mean, self._std)
-            return tf.nn.softmax(steps.predict_logits(self.model, x, self._tta))
-
-        # An empty batch gets an empty answer (TTA's mirror padding fails on no images).
-        empty = tf.zeros([0, classes], tf.float32)
-        return {"probabilities": tf.cond(tf.shape(images)[0] > 0, probabilities, lambda: empty)}
+        # One blank image rides along and is dropped from the answer: an empty batch then
+        # gets an empty answer (TTA's mirror padding fails on no images), without a branch
+        # that TFLite's interpreter could not run on frozen weights.
+        padded = tf.concat([images, tf.zeros([1, 32, 32, 3], tf.uint8)], axis=0)
+        x = augment.normalise(padded, self._mean, self._std)
+        logits = steps.predict_logits(self.model, x, self._tta)
+        return {"probabilities": tf.nn.softmax(logits)[:-1]}
 
 
 def export_model(
