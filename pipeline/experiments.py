@@ -76,7 +76,10 @@ def for_model(model: str) -> Config:
         if e.best_for_model:
             best[e.make().model.name] = e.name
     if model not in best:
-        raise ConfigError(f"unknown model {model!r}; known models: {', '.join(sorted(best))}")
+        raise ConfigError(
+            f"unknown model {model!r}.{did_you_mean(model, best)} "
+            f"Known models: {', '.join(sorted(best))}"
+        )
     return get(best[model])
 
 

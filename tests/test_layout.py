@@ -18,9 +18,10 @@ ALLOWED = {
     "pipeline": (),  # the package's own docstring
     "pipeline.config": ("pipeline.errors",),
     "pipeline.run_length": (),
+    "pipeline.compute": ("pipeline.config", "pipeline.errors", "pipeline.run_length"),
     "pipeline.errors": (),
     "pipeline.runtime": ("pipeline.config", "pipeline.errors"),
-    "pipeline.files": (),
+    "pipeline.files": ("pipeline.errors",),
     "pipeline.experiments": ("pipeline.config", "pipeline.errors"),
     "pipeline.data": (
         "pipeline.config",
@@ -30,6 +31,7 @@ ALLOWED = {
     ),
     "pipeline.training": (
         "models",
+        "pipeline.compute",
         "pipeline.config",
         "pipeline.errors",
         "pipeline.files",

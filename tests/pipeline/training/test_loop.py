@@ -601,18 +601,25 @@ def test_two_replicas_match_one_for_a_batch_norm_net():
     # that synchronized BN needs, and this recipe's high learning rates magnify that over
     # the epoch; so the reference is one replica on the same (unfused, Keras) kernel.
     one, r1 = _weights({**cfg, "model.params": {**tiny, "fused": False}})
+
+    def worst(weights):  # the largest difference, as a share of each tensor's magnitude
+        return max(
+            float(np.abs(a - b).max() / (np.abs(a).max() or 1.0))
+            for a, b in zip(one, weights, strict=True)
+        )
+
+    # Measured on an Intel Xeon with AMX: our BatchNorm 9e-6 of the magnitude, Keras's
+    # synchronized one 1.3e-3 (its all-reduced statistics round otherwise), unsynchronized
+    # 0.38; an absolute 1e-4 failed Keras's on a few near-zero weights there.
     for fused in (True, False):  # our fused BatchNorm, and Keras's synchronized one
         two, r2 = _weights({**cfg, "model.params": {**tiny, "fused": fused}}, "mirrored", 2)
         loss = r2["history"][0]["train_loss"]
         assert loss == pytest.approx(r1["history"][0]["train_loss"], rel=1e-4), fused
-        for a, b in zip(one, two, strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4, err_msg=f"fused={fused}")
+        assert worst(two) < 1e-2, f"fused={fused}"
     # Without synchronized BN each replica normalises its half-batch alone: not the same.
     unsynced = {**cfg, "model.params": {**tiny, "sync_bn": False}}
     two_unsynced, _ = _weights(unsynced, "mirrored", 2)
-    assert any(
-        not np.allclose(a, b, rtol=1e-3, atol=1e-4) for a, b in zip(one, two_unsynced, strict=True)
-    )
+    assert worst(two_unsynced) > 0.1
 
 
 def test_tensorboard_holds_the_final_test_accuracy_with_and_without_tta(tmp_path):
