@@ -55,6 +55,19 @@ class _Serving(tf.Module):
         return {"probabilities": tf.nn.softmax(logits)[:-1]}
 
 
+def classifier(net: keras.Model, mean, std) -> keras.Model:
+    """`net` (normalised images in, logits out) as the SavedModel's contract in plain Keras
+    layers: uint8 images in, the training split's normalisation inside, probabilities out
+    (without test-time augmentation)."""
+    images = keras.Input((32, 32, 3), dtype="uint8", name="images")
+    std = np.asarray(std, np.float64)
+    x = keras.layers.Normalization(mean=np.asarray(mean), variance=std**2, name="normalise")(
+        keras.ops.cast(images, "float32")
+    )
+    probabilities = keras.layers.Softmax(name="probabilities")(net(x))
+    return keras.Model(images, probabilities, name="cifar_classifier")
+
+
 def export_model(
     model, mean, std, class_names, tta: str, to: str | Path, info: dict, overwrite: bool = False
 ) -> Path:
@@ -75,7 +88,7 @@ def export_model(
         tf.saved_model.save(serving, str(tmp), signatures={SIGNATURE: serving.serve})
         files = ["saved_model.pb", "variables/"]
         if isinstance(model, keras.Model):
-            model.save(tmp / KERAS_FILE)
+            classifier(model, mean, std).save(tmp / KERAS_FILE)
             files.append(KERAS_FILE)
         description = {
             **info,
@@ -85,12 +98,15 @@ def export_model(
             "output": "probabilities: float32 [N, classes]",
             "test_time_augmentation": tta,
             "files": files,
-            # model.keras is the bare network: normalised input, logits out.
-            "keras_model": {
-                "input": "float32 [N, 32, 32, 3]: (image - mean) / std, per channel",
-                "output": "logits [N, classes] (softmax gives probabilities); no TTA",
-                "mean": [float(m) for m in np.asarray(mean)],
-                "std": [float(v) for v in np.asarray(std)],
+            "contracts": {
+                "saved_model.pb": "tf.saved_model.load(DIR).signatures['serving_default']"
+                "(images=uint8 [N, 32, 32, 3]) -> {'probabilities': float32 [N, classes]}, "
+                f"with test-time augmentation {tta!r}",
+                KERAS_FILE: "keras.models.load_model(DIR/model.keras)(uint8 [N, 32, 32, 3]) "
+                "-> float32 probabilities [N, classes], without test-time augmentation "
+                "(plain Keras layers: loads without this project)",
+                "model*.tflite": "cifar-export --tflite: tf.lite.Interpreter(path)."
+                "get_signature_runner()(images=uint8 [N, 32, 32, 3])['probabilities']",
             },
         }
         (tmp / INFO_FILE).write_text(json.dumps(description, indent=2) + "\n")
