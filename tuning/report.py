@@ -14,21 +14,23 @@ from tuning.search import PROJECT, SearchError, fmt, leaderboard
 
 
 def load_trials(out: Path) -> list[dict]:
-    """Finished trials from keras-tuner's trial.json files, with our per-epoch histories and
-    the search space each was drawn from."""
+    """Finished trials, read with keras-tuner's own `Trial.load` from its trial.json files,
+    with our per-trial records (history, compute) and the search space each was drawn
+    from."""
+    from keras_tuner.engine.trial import Trial  # noqa: PLC0415 - only when reporting
+
     trials = []
     for path in sorted((out / PROJECT).glob("trial_*/trial.json")):
-        t = json.loads(path.read_text())
-        if t.get("score") is None:
+        t = Trial.load(str(path))
+        if t.score is None:
             continue
-        values = {
-            k: v for k, v in t["hyperparameters"]["values"].items() if not k.startswith("tuner/")
-        }
-        record = _trial_record(out / "histories" / f"{t['trial_id']}.json")
+        hp = t.hyperparameters
+        values = {k: v for k, v in hp.values.items() if not k.startswith("tuner/")}
+        record = _trial_record(out / "histories" / f"{t.trial_id}.json")
         trials.append(
             {
-                "trial_id": t["trial_id"],
-                "score": t["score"],
+                "trial_id": t.trial_id,
+                "score": t.score,
                 "values": values,
                 "history": record.get("history", []),
                 "compute": record.get("compute"),
@@ -36,7 +38,7 @@ def load_trials(out: Path) -> list[dict]:
                 "budget_fraction": record.get("budget_fraction"),
                 "diverged": record.get("diverged", False),
                 "config": record.get("config"),
-                "space": t["hyperparameters"].get("space", []),
+                "space": hp.get_config()["space"],
             }
         )
     return sorted(trials, key=lambda t: t["score"], reverse=True)
