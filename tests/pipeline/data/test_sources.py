@@ -172,3 +172,21 @@ def test_default_splits_counts_and_published_statistics(cifar_data_dir):
     )
     stats = Path(data.builder(cifar_data_dir).data_dir) / data.STATS_FILE
     assert "train[:49000]" in stats.read_text(), "statistics are stored, not recomputed"
+
+
+def test_tfds_chatter_is_kept_out_of_an_import(capsys):
+    """tfds's "Variant folder ... has no dataset_info.json" (absl) and its "Downloading and
+    preparing dataset" (stdout) mislead during an import that downloads nothing."""
+    from absl import logging as absl_logging
+
+    from pipeline.data import sources
+
+    before = absl_logging.get_verbosity()
+    with sources._quiet_tfds():
+        absl_logging.warning("Variant folder x has no dataset_info.json")
+        print("Downloading and preparing dataset Unknown size")
+    after = capsys.readouterr()
+    assert "Variant folder" not in after.err + after.out
+    assert "Downloading" not in after.out
+    assert absl_logging.get_verbosity() == before  # restored afterwards
+    absl_logging.warning("a warning after the import shows")
