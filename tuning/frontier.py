@@ -122,10 +122,9 @@ def plot(trials: list[dict], hand: list[dict], path: Path) -> None:
             ax.step(
                 *zip(*line, strict=True), where="post", color="tab:blue", lw=1, label="best so far"
             )
-        for h in hand:
-            ax.scatter([h[key]], [h["accuracy"]], marker="*", s=160, zorder=3)
-            ax.annotate(f"{h['name']} ({h['split']})", (h[key], h["accuracy"]), fontsize=7,
-                        xytext=(4, -10), textcoords="offset points")  # fmt: skip
+        for h in hand:  # named in the legend: labels beside crowded stars overlap
+            ax.scatter([h[key]], [h["accuracy"]], marker="*", s=160, zorder=3,
+                       label=f"{h['name']} ({h['split']})")  # fmt: skip
         ax.axhline(0.1, color="grey", ls=":", lw=1)
         ax.set_ylim(0.0, 1.0)
         if any(x > 0 for x in xs):
@@ -136,7 +135,7 @@ def plot(trials: list[dict], hand: list[dict], path: Path) -> None:
             ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set(xlabel=label, ylabel="val accuracy (trials)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, loc="lower right")
+    axes[1].legend(fontsize=7, loc="lower right")
     axes[0].set_title("accuracy against compute", fontsize=10)
     axes[1].set_title("accuracy against time", fontsize=10)
     fig.tight_layout()
