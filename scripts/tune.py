@@ -89,14 +89,20 @@ def _search_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _on_a_search(action: str, doc: str) -> argparse.ArgumentParser:
+    """The parser of an action on a finished search in --out."""
+    p = command_parser(f"cifar-tune {action}", doc)
+    p.add_argument("--out", default="runs/search", help="the search's folder")
+    return p
+
+
 def _report_parser() -> argparse.ArgumentParser:
-    p = command_parser(
-        "cifar-tune report",
+    p = _on_a_search(
+        "report",
         "report.md in --out from a finished search: trials that failed, the splits, the "
         "leaderboard, what each hyperparameter did, and its plots (accuracy_vs_compute.png, "
         "learning curves, accuracy against the most important hyperparameters).",
     )
-    p.add_argument("--out", default="runs/search", help="the search's folder")
     p.add_argument(
         "--hand",
         nargs="*",
@@ -109,13 +115,12 @@ def _report_parser() -> argparse.ArgumentParser:
 
 
 def _retrain_parser() -> argparse.ArgumentParser:
-    p = command_parser(
-        "cifar-tune retrain",
+    p = _on_a_search(
+        "retrain",
         "The search's best recipe and the hand recipe its space is centred on, trained "
         "side by side at the search's budget on all the training images and scored on the "
         "test set, with seeds the search never used: --out/retrain/BUDGET/retrain.md.",
     )
-    p.add_argument("--out", default="runs/search", help="the search's folder")
     p.add_argument(
         "--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds, not the search's"
     )
