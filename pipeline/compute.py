@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import tensorflow as tf
 
-from pipeline.config import Config, override
+from pipeline.config import Config, get_dotted, override
 from pipeline.errors import UserError
 from pipeline.run_length import RunLength
 
@@ -159,8 +159,7 @@ def resolve(cfg: Config, model, length_of: Callable[..., RunLength]) -> tuple[Co
         scale = epochs / cfg.train.epochs
         updates = {"train.epochs": epochs, "train.budget_pflops": 0.0}
         for key in EPOCH_DURATIONS:
-            section, name = key.split(".")
-            updates[key] = getattr(getattr(cfg, section), name) * scale
+            updates[key] = get_dotted(cfg, key) * scale
         cfg = override(cfg, updates)
     images = length_of(cfg.train).total_steps * batch
     compute = Compute(forward, per_image, images, per_image * images / PETA, budget)

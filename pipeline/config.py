@@ -148,15 +148,16 @@ RUNTIME_KEYS = (
 )
 
 
+def get_dotted(cfg: Any, key: str) -> Any:
+    """The value of a dotted key ("optim.lr") in a config tree."""
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
 def recipe(cfg: Config) -> Config:
     """`cfg`'s recipe alone: every runtime field (RUNTIME_KEYS) at its default."""
-    defaults = {}
-    for key in RUNTIME_KEYS:
-        value = Config()
-        for part in key.split("."):
-            value = getattr(value, part)
-        defaults[key] = value
-    return override(cfg, defaults)
+    return override(cfg, {key: get_dotted(Config(), key) for key in RUNTIME_KEYS})
 
 
 class ConfigError(UserError):

@@ -107,7 +107,8 @@ def train_config(args) -> Config:
 
 
 def bench_train(args) -> dict:
-    from pipeline.training import precision  # noqa: PLC0415 - imports TensorFlow
+    from pipeline import compute  # noqa: PLC0415 - imports TensorFlow
+    from pipeline.training import precision  # noqa: PLC0415
 
     cfg, choice = precision.resolve(train_config(args))
     out = benchmark.training_throughput(
@@ -115,7 +116,7 @@ def bench_train(args) -> dict:
     )
     results = out["results"]
     forward = _forward_flops(cfg)
-    train_flops = 3 * forward  # forward + backward, as pipeline/compute.py counts
+    train_flops = compute.TRAIN_FLOPS_PER_FORWARD * forward
     gflops = {k: v["median"] * train_flops / 1e9 for k, v in results.items()}
     print(
         f"{forward / 1e9:.3f} GFLOP forward per image, {train_flops / 1e9:.3f} per training "

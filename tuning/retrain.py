@@ -9,7 +9,7 @@ from pathlib import Path
 from statistics import mean, stdev
 
 from pipeline import experiments
-from pipeline.config import Config, from_dict, override
+from pipeline.config import Config, from_dict, get_dotted, override
 from pipeline.files import write_json, write_text
 from tuning import space
 from tuning.search import SearchError
@@ -25,13 +25,6 @@ SCORING = (
     "train.tta",
     "train.bn_recalibration_batches",
 )
-
-
-def _get(cfg: Config, key: str):
-    value = cfg
-    for part in key.split("."):
-        value = getattr(value, part)
-    return value
 
 
 def contenders(out: Path) -> dict[str, Config]:
@@ -50,7 +43,7 @@ def contenders(out: Path) -> dict[str, Config]:
     length = {"train.budget_pflops": searched.train.budget_pflops}
     if not searched.train.budget_pflops:
         length["train.epochs"] = searched.train.epochs
-    searched = override(searched, {key: _get(hand, key) for key in SCORING})
+    searched = override(searched, {key: get_dotted(hand, key) for key in SCORING})
     return {"searched": searched, "hand": override(hand, length)}
 
 

@@ -68,8 +68,9 @@ def _cpuinfo_field(names: tuple[str, ...], cpuinfo: str | Path) -> str | None:
     except OSError:
         return None
     for line in text.splitlines():
-        if line.startswith(names):
-            return line.split(":", 1)[1].strip()
+        key, _, value = line.partition(":")
+        if key.strip() in names:  # exact: "model" must not match "model name"
+            return value.strip()
     return None
 
 
@@ -86,20 +87,10 @@ def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
     name = _cpuinfo_field(("model name",), cpuinfo)
     if name is None:
         return None
-    try:
-        fields = dict(
-            (key.strip(), value.strip())
-            for key, _, value in (
-                line.partition(":") for line in Path(cpuinfo).read_text().splitlines()
-            )
-            if key.strip() in ("cpu family", "model")
-        )
-    except OSError:
-        fields = {}
+    family, model = (_cpuinfo_field((key,), cpuinfo) or "?" for key in ("cpu family", "model"))
     flags = cpu_flags(cpuinfo) or frozenset()
     units = ", ".join(f for f in BF16_CPU_FLAGS if f in flags) or "no bfloat16 units"
-    numbers = f"family {fields.get('cpu family', '?')}, model {fields.get('model', '?')}"
-    return f"{name} ({numbers}; {units})"
+    return f"{name} (family {family}, model {model}; {units})"
 
 
 def gpu_capabilities() -> list[tuple[int, int]]:

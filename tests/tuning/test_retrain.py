@@ -7,7 +7,7 @@ import keras_tuner as kt
 import pytest
 
 from pipeline import experiments
-from pipeline.config import override, to_dict
+from pipeline.config import get_dotted, override, to_dict
 from tuning import retrain, space
 from tuning.search import SearchError
 
@@ -42,7 +42,7 @@ def test_both_contenders_are_scored_alike_at_the_searched_budget(tmp_path):
     assert searched.train.budget_pflops == 0.09
     assert searched.model.params["widths"] == [64, 128, 256] and searched.data.batch_size == 512
     for key in retrain.SCORING:  # all training images, the test set, the hand recipe's TTA
-        assert retrain._get(searched, key) == retrain._get(hand, key)
+        assert get_dotted(searched, key) == get_dotted(hand, key)
     assert searched.data.test_examples == 10_000 and searched.train.tta == "flip_translate"
 
 
