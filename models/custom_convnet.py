@@ -192,7 +192,8 @@ def custom_convnet(
     logit_scale: float = 1 / 9,  # airbench scales logits down; keeps early softmax soft
     init: str = "airbench",  # "airbench": DiracUniform convs, PyTorch's default head;
     # "airbench_muon": also a unit-std head and PyTorch's default whitening bias; "glorot"
-    fused: bool = True,  # fused BN + GELU kernels (models/fast_layers.py); False = stock Keras
+    fused: bool = True,  # fused BN + GELU kernels and the small-map bfloat16 weight
+    # gradient (models/fast_layers.py); False = stock Keras
     sync_bn: bool = True,  # with >1 replicas, BN statistics of the global batch (N replicas
     # train as one); costs an all-reduce per BN layer and the unfused kernel
 ):
@@ -203,6 +204,7 @@ def custom_convnet(
     muon_init = init == "airbench_muon"
     conv_init = DiracUniform() if airbench_init else "glorot_uniform"
     widths = list(widths or SIZES[size])
+    conv = fast_layers.Conv2D if fused else keras.layers.Conv2D
     inputs = keras.Input((32, 32, 3))
     x = inputs
     if stem == "whiten":
@@ -219,7 +221,7 @@ def custom_convnet(
         )(x)
         x = _activation(activation, fused)(x)
     elif stem == "conv":
-        x = keras.layers.Conv2D(
+        x = conv(
             widths[0] // 2,
             3,
             padding="same",
@@ -230,7 +232,7 @@ def custom_convnet(
         x = _activation(activation, fused)(x)
     for s, width in enumerate(widths):
         for d in range(depth):
-            y = keras.layers.Conv2D(
+            y = conv(
                 width,
                 kernel_size,
                 padding="same",

@@ -10,6 +10,9 @@ These give the same numbers in far fewer passes over memory:
   Under a strategy with more than one replica it normalises with the statistics of the
   global batch (synchronized, as Keras's `synchronized=True`), so N replicas train as one.
 - `gelu`: exact (erf) GELU whose forward and backward are each one XLA-fused loop.
+- `Conv2D`: Keras's Conv2D whose bfloat16 weight gradient on small maps is nine matrix
+  products (one per kernel offset) instead of oneDNN's backward-weights convolution,
+  which runs 1.5-4x slower there (docs/performance.md, "The bfloat16 weight gradient").
 """
 
 from __future__ import annotations
@@ -179,3 +182,90 @@ def _fused_batch_norm(x, scale, offset, mean, variance, epsilon: float, training
         is_training=training,
     )
     return (y if four_d else tf.reshape(y, shape)), batch_mean, batch_variance
+
+
+# Where nine matrix products beat oneDNN's bfloat16 backward-weights convolution, measured
+# per layer on an Intel Xeon with AMX (docs/performance.md): every map of at most 4x4 px,
+# and maps of at most 8x8 px with at least 256x256 channel pairs. Elsewhere, and in
+# float32 (where it loses everywhere measured), the stock kernel runs.
+_SMALL_MAP_PIXELS = 16
+_MEDIUM_MAP_PIXELS = 64
+_MEDIUM_MAP_CHANNEL_PAIRS = 256 * 256
+
+
+def shifted_products_pay(height: int, width: int, in_channels: int, out_channels: int) -> bool:
+    """Whether a bfloat16 weight gradient of this layer is faster as `shifted_products`."""
+    pixels = height * width
+    return pixels <= _SMALL_MAP_PIXELS or (
+        pixels <= _MEDIUM_MAP_PIXELS and in_channels * out_channels >= _MEDIUM_MAP_CHANNEL_PAIRS
+    )
+
+
+def shifted_products(x, upstream, kernel_size: int):
+    """The weight gradient of a stride-1 "same" convolution with an odd square kernel, as
+    one matrix product per kernel offset: dW[i, j] = sum over pixels of
+    x_padded[:, h + i, w + j, :]^T upstream[:, h, w, :]. Contracting over the whole batch's
+    pixels at once is the shape oneDNN's matmul handles at speed."""
+    height, width, in_channels = x.shape[1:]
+    out_channels = upstream.shape[-1]
+    pad = kernel_size // 2
+    padded = tf.pad(x, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    upstream = tf.reshape(upstream, [-1, out_channels])
+    offsets = [
+        tf.matmul(
+            tf.reshape(padded[:, i : i + height, j : j + width, :], [-1, in_channels]),
+            upstream,
+            transpose_a=True,
+        )
+        for i in range(kernel_size)
+        for j in range(kernel_size)
+    ]
+    return tf.reshape(tf.stack(offsets), [kernel_size, kernel_size, in_channels, out_channels])
+
+
+def _conv_with_shifted_weight_gradient(x, kernel):
+    @tf.custom_gradient
+    def conv(x, kernel):
+        def grad(upstream):
+            dx = tf.raw_ops.Conv2DBackpropInput(
+                input_sizes=tf.shape(x),
+                filter=kernel,
+                out_backprop=upstream,
+                strides=[1, 1, 1, 1],
+                padding="SAME",
+            )
+            return dx, shifted_products(x, upstream, kernel.shape[0])
+
+        return tf.nn.conv2d(x, kernel, 1, "SAME"), grad
+
+    return conv(x, kernel)
+
+
+@keras.saving.register_keras_serializable(package="cifar_pipeline")
+class Conv2D(keras.layers.Conv2D):
+    """`keras.layers.Conv2D` (same weights, config and forward pass) whose weight gradient
+    is `shifted_products` where that pays: bfloat16, on a CPU, a stride-1 "same" layer
+    with an odd square kernel and a map `shifted_products_pay` names. Everything else, the
+    GPU and float32 included, takes the stock kernels."""
+
+    def _shifted(self, inputs, kernel) -> bool:
+        k = tuple(self.kernel_size)
+        return (
+            inputs.dtype == tf.bfloat16
+            and inputs.shape.rank == 4
+            and None not in inputs.shape[1:]
+            and self.data_format == "channels_last"
+            and self.padding == "same"
+            and tuple(self.strides) == (1, 1)
+            and tuple(self.dilation_rate) == (1, 1)
+            and self.groups == 1
+            and k[0] == k[1]
+            and k[0] % 2 == 1
+            and shifted_products_pay(*inputs.shape[1:3], inputs.shape[-1], kernel.shape[-1])
+            and not tf.config.list_logical_devices("GPU")
+        )
+
+    def convolution_op(self, inputs, kernel):
+        if self._shifted(inputs, kernel):
+            return _conv_with_shifted_weight_gradient(inputs, tf.convert_to_tensor(kernel))
+        return super().convolution_op(inputs, kernel)

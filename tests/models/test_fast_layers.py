@@ -130,3 +130,128 @@ def test_fused_and_stock_custom_convnet_compute_the_same():
         np.testing.assert_allclose(a, b, atol=1e-4 * max(1.0, np.abs(b).max()))
     for a, b in zip(fast.non_trainable_weights, stock.non_trainable_weights, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)  # BN running statistics
+
+
+def _conv_case(size, in_channels, out_channels, kernel, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((6, size, size, in_channels)).astype(np.float32)
+    upstream = rng.standard_normal((6, size, size, out_channels)).astype(np.float32)
+    return tf.constant(x), tf.constant(upstream)
+
+
+def _stock_weight_gradient(x, upstream, kernel):
+    shape = [kernel, kernel, x.shape[-1], upstream.shape[-1]]
+    return tf.raw_ops.Conv2DBackpropFilter(
+        input=x, filter_sizes=shape, out_backprop=upstream, strides=[1, 1, 1, 1], padding="SAME"
+    )
+
+
+@pytest.mark.parametrize(
+    "size,in_channels,out_channels,kernel",
+    # airbench94's small maps (7 and 3 px, 256 channels) at a test's batch, a 5x5 kernel,
+    # and odd channel counts
+    [(7, 256, 256, 3), (3, 256, 256, 3), (4, 24, 40, 5), (2, 3, 5, 3)],
+)
+def test_shifted_products_are_the_convolution_weight_gradient(
+    size, in_channels, out_channels, kernel
+):
+    x, upstream = _conv_case(size, in_channels, out_channels, kernel)
+    exact = _stock_weight_gradient(x, upstream, kernel).numpy()  # float32
+    scale = np.abs(exact).max()
+    np.testing.assert_allclose(
+        fast_layers.shifted_products(x, upstream, kernel).numpy(), exact, atol=1e-5 * scale
+    )
+    # In bfloat16, as close to the exact gradient as the stock bfloat16 kernel is.
+    xb, ub = tf.cast(x, tf.bfloat16), tf.cast(upstream, tf.bfloat16)
+    exact_of_rounded = _stock_weight_gradient(
+        tf.cast(xb, tf.float32), tf.cast(ub, tf.float32), kernel
+    )
+    stock_error = np.abs(
+        _stock_weight_gradient(xb, ub, kernel).numpy().astype(np.float32) - exact_of_rounded
+    ).max()
+    ours = fast_layers.shifted_products(xb, ub, kernel).numpy().astype(np.float32)
+    assert np.abs(ours - exact_of_rounded).max() <= max(stock_error, 2**-8 * scale)
+
+
+def test_shifted_products_only_where_measured_faster():
+    pay = fast_layers.shifted_products_pay
+    assert pay(3, 3, 48, 128) and pay(7, 7, 256, 256) and pay(8, 8, 256, 256)
+    assert not pay(7, 7, 128, 128)  # a tie measured: the stock kernel stays
+    assert not pay(15, 15, 256, 256) and not pay(31, 31, 24, 64)
+
+
+def _conv_pair(policy, kernel=3, filters=256):
+    with precision.policy_scope(policy):
+        stock = keras.layers.Conv2D(filters, kernel, padding="same", use_bias=False)
+        fast = fast_layers.Conv2D(filters, kernel, padding="same", use_bias=False)
+    return stock, fast
+
+
+def _conv_step(layer, x, upstream, jit=False):
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = tf.cast(layer(x), tf.float32)
+            loss = tf.reduce_sum(y * upstream)
+        return tape.gradient(loss, [x, layer.kernel])
+
+    return [g.numpy().astype(np.float32) for g in tf.function(step, jit_compile=jit)(x)]
+
+
+def _weight_gradient_ops(layer, x):
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.cast(layer(x), tf.float32))
+        return tape.gradient(loss, layer.kernel)
+
+    graph = tf.function(step).get_concrete_function(x).graph
+    return {op.type for op in graph.get_operations()}
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_fast_conv_trains_like_keras_conv_in_bfloat16(jit):
+    x, upstream = _conv_case(3, 256, 256, 3)
+    stock, fast = _conv_pair("mixed_bfloat16")
+    stock.build(x.shape)
+    fast.build(x.shape)
+    fast.kernel.assign(stock.kernel)
+    assert "MatMul" in _weight_gradient_ops(fast, x)  # the shifted products do run
+    assert "MatMul" not in _weight_gradient_ops(stock, x)
+    for ours, theirs in zip(
+        _conv_step(fast, x, upstream, jit), _conv_step(stock, x, upstream, jit), strict=True
+    ):
+        np.testing.assert_allclose(ours, theirs, atol=2**-7 * np.abs(theirs).max())
+    assert fast.get_config() == {**stock.get_config(), "name": fast.name}
+
+
+def test_fast_conv_leaves_float32_and_large_maps_to_the_stock_kernel():
+    x, _ = _conv_case(3, 256, 256, 3)
+    _, fast32 = _conv_pair("float32")
+    fast32.build(x.shape)
+    assert "MatMul" not in _weight_gradient_ops(fast32, x)
+    large, _ = _conv_case(16, 8, 8, 3)
+    _, fast_large = _conv_pair("mixed_bfloat16", filters=8)
+    fast_large.build(large.shape)
+    assert "MatMul" not in _weight_gradient_ops(fast_large, large)
+
+
+def test_fast_conv_under_two_replicas_matches_one():
+    x, upstream = _conv_case(3, 256, 256, 3)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        _, fast = _conv_pair("mixed_bfloat16")
+        fast.build(x.shape)
+    one = _conv_step(fast, x, upstream)[1]
+
+    def replica_grad(x, upstream):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.cast(fast(x), tf.float32) * upstream)
+        return tape.gradient(loss, fast.kernel)
+
+    halves = [(x[:3], upstream[:3]), (x[3:], upstream[3:])]
+    per_replica = strategy.experimental_distribute_values_from_function(
+        lambda ctx: halves[ctx.replica_id_in_sync_group]
+    )
+    grads = strategy.run(tf.function(replica_grad), args=per_replica)
+    summed = strategy.reduce("SUM", grads, axis=None).numpy().astype(np.float32)
+    np.testing.assert_allclose(summed, one, atol=2**-7 * np.abs(one).max())
