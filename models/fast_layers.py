@@ -26,17 +26,22 @@ _SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
+# Computed in float32 whatever the input dtype, through erf: on the AMX Xeon XLA runs this
+# forward and backward in 56 ms per airbench94 step at batch 512 against 104 ms for the
+# same in bfloat16 through erfc (docs/performance.md), and rounds once instead of per op.
 @tf.function(jit_compile=True)
 def _gelu_forward(x):
-    return x * (0.5 * tf.math.erfc(-x * _SQRT_HALF))
+    z = tf.cast(x, tf.float32)
+    return tf.cast(z * (0.5 + 0.5 * tf.math.erf(z * _SQRT_HALF)), x.dtype)
 
 
 @tf.function(jit_compile=True)
 def _gelu_backward(x, upstream):
     # d/dx [x * Phi(x)] = Phi(x) + x * phi(x)
-    cdf = 0.5 * tf.math.erfc(-x * _SQRT_HALF)
-    pdf = tf.exp(-0.5 * tf.square(x)) * _INV_SQRT_2PI
-    return upstream * (cdf + x * pdf)
+    z = tf.cast(x, tf.float32)
+    cdf = 0.5 + 0.5 * tf.math.erf(z * _SQRT_HALF)
+    pdf = tf.exp(-0.5 * tf.square(z)) * _INV_SQRT_2PI
+    return tf.cast(tf.cast(upstream, tf.float32) * (cdf + z * pdf), x.dtype)
 
 
 @tf.custom_gradient

@@ -133,14 +133,3 @@ def tiny_config(**updates):
         "train.export": False,  # tests of the export turn it on
     }
     return override(Config(), {**base, **updates})
-
-
-def latest_checkpoint_step(out) -> int:
-    """The step a resume of the run in `out` would start from: what the program itself
-    reads (the checkpoint state file, via tf.train.latest_checkpoint), not the files' names.
-    A kill -9 can land after ckpt-N.index is written and before the state file moves to it;
-    the resume then rightly starts from the previous checkpoint. 0 when there is none."""
-    import tensorflow as tf
-
-    latest = tf.train.latest_checkpoint(str(Path(out) / "checkpoints"))
-    return int(latest.rsplit("-", 1)[1]) if latest else 0

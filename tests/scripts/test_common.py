@@ -79,3 +79,49 @@ def test_every_cli_maps_each_exception_to_its_exit_code(module, monkeypatch, cap
     assert (EXIT_USER_ERROR, EXIT_DIVERGED, EXIT_WORKER_LOST, EXIT_INTERRUPTED) == (2, 3, 4, 130)
     err = capsys.readouterr().err
     assert "error: bad flag" in err and "error: lost tuner1" in err and "stopped by SIGTERM" in err
+
+
+class _Terminal:
+    """A stdout that says it is a terminal, holding what was written."""
+
+    def __init__(self):
+        self.text = ""
+
+    def isatty(self):
+        return True
+
+    def write(self, s):
+        self.text += s
+
+    def flush(self):
+        pass
+
+
+def test_a_stop_message_starts_on_a_line_of_its_own_after_a_progress_bar(monkeypatch, capsys):
+    import signal
+
+    from pipeline.errors import Preempted
+
+    terminal = _Terminal()
+    monkeypatch.setattr("sys.stdout", terminal)
+
+    def body():
+        terminal.write("epoch 1/3 12/98 [==>....] loss: 2.1 acc: 0.1507")  # no newline
+        raise Preempted(signal.SIGTERM, "stopped by SIGTERM at epoch 1, step 12/98")
+
+    assert run_cli(body)() == 128 + signal.SIGTERM
+    assert terminal.text.endswith("acc: 0.1507\n")
+    assert capsys.readouterr().err == "stopped by SIGTERM at epoch 1, step 12/98\n"
+
+
+def test_cifar_tune_list_names_every_space_and_its_hyperparameters(capsys):
+    from scripts import tune
+    from tuning.space import SPACES
+
+    assert tune.parse(["--list"]).list
+    tune.list_spaces()
+    shown = capsys.readouterr().out
+    for name in SPACES:
+        assert f"{name}" in shown
+    assert "airbench (default): around challenge_airbench94" in shown
+    assert "hyperparameters: " in shown and "lr" in shown

@@ -2,22 +2,11 @@
 prints it; configs of another version or with unknown fields are refused (exit 2)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO, TINY
-
-
-def _train(*args) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "scripts.train", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+from tests.conftest import TINY
+from tests.processes import run_training
 
 
 @pytest.mark.slow
@@ -25,7 +14,7 @@ def test_a_recorded_config_reruns_the_same_losses_and_takes_overrides(tmp_path):
     first, rerun = tmp_path / "first", tmp_path / "rerun"
     flags = [*TINY, "--epochs", "2", "--seed", "3", "--lr", "0.03", "--no-export"]
     flags += ["--set", "optim.label_smoothing=0.1"]
-    done = _train(*flags, "--out", str(first), "--json")
+    done = run_training(*flags, "--out", str(first), "--json")
     assert done.returncode == 0, done.stderr[-2000:]
     printed = json.loads(done.stdout[done.stdout.index("{") :])  # --json: the figures
     assert (
@@ -33,7 +22,7 @@ def test_a_recorded_config_reruns_the_same_losses_and_takes_overrides(tmp_path):
         == json.loads((first / "metrics.json").read_text())["test_accuracy"]
     )
     recorded = first / "config.json"
-    again = _train("--config", str(recorded), "--out", str(rerun), "--quiet", "--no-export")
+    again = run_training("--config", str(recorded), "--out", str(rerun), "--quiet", "--no-export")
     assert again.returncode == 0, again.stderr[-2000:]
     # The run ends with a summary a person reads, not a JSON dump.
     metrics = json.loads((rerun / "metrics.json").read_text())
@@ -53,7 +42,7 @@ def test_a_recorded_config_reruns_the_same_losses_and_takes_overrides(tmp_path):
     )
     assert a == b
     # --set applies on top; --print-config shows it and trains nothing.
-    shown = _train("--config", str(recorded), "--set", "optim.lr=0.5", "--print-config")
+    shown = run_training("--config", str(recorded), "--set", "optim.lr=0.5", "--print-config")
     assert shown.returncode == 0, shown.stderr
     printed = json.loads(shown.stdout)
     assert printed["optim"]["lr"] == 0.5 and printed["train"]["seed"] == 3
@@ -72,7 +61,7 @@ def test_a_recorded_config_reruns_the_same_losses_and_takes_overrides(tmp_path):
 def test_a_config_of_another_version_or_with_unknown_fields_is_refused(tmp_path, content, names):
     path = tmp_path / "config.json"
     path.write_text(json.dumps(content))
-    done = _train("--config", str(path), "--print-config")
+    done = run_training("--config", str(path), "--print-config")
     assert done.returncode == 2 and names in done.stderr, done.stderr
-    missing = _train("--config", str(tmp_path / "none.json"))
+    missing = run_training("--config", str(tmp_path / "none.json"))
     assert missing.returncode == 2 and "writes DIR/config.json" in missing.stderr

@@ -11,6 +11,7 @@ import keras_tuner as kt
 import pytest
 
 from tests.conftest import REPO, tiny_config
+from tests.processes import ENV
 from tuning import report, space
 
 # The default search (airbench space, Hyperband over a PFLOP budget) made tiny: a small
@@ -49,7 +50,7 @@ def _tune(*args, env=None, timeout=600):
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+        env={**ENV, **(env or {})},
     )
 
 
@@ -160,9 +161,6 @@ def test_a_lost_tuner_chief_ends_the_search_with_exit_4_and_the_rerun_finishes_i
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=ENV, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((out / "best.json").read_text())["finished_trials"] == 2
-
-
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def _kill_during_a_trial(cmd: list[str], log: Path, tuner_id: str) -> tuple[int, int]:

@@ -3,8 +3,6 @@ import dataclasses
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +16,8 @@ from pipeline.config import OptimConfig
 from pipeline.errors import NonFiniteLossError
 from pipeline.run_length import RunLength, run_length
 from pipeline.training import keras_fit, loop, optim, precision, run, steps
-from tests.conftest import REPO, TINY, latest_checkpoint_step, tiny_config
+from tests.conftest import TINY, tiny_config
+from tests.processes import latest_checkpoint_step, run_training, start_training, wait_for
 
 
 def _weights(cfg, strategy_name="default", replicas=0):
@@ -359,10 +358,6 @@ def test_keras_fit_refuses_what_it_would_ignore(key, value):
         run.train(cfg, log=lambda s: None)
 
 
-def _cli(*args, **kw):
-    return [sys.executable, "-m", "scripts.train", *args]
-
-
 def test_resume_into_a_run_of_another_model_is_refused_and_keeps_its_files(tmp_path):
     out = tmp_path / "run"
     run.train(tiny_config(**{"train.out_dir": str(out)}), log=lambda s: None)
@@ -382,44 +377,28 @@ def _recipe_flags(epochs: int, examples: int = 512) -> list[str]:
     return flags
 
 
-def _wait_for_checkpoint(proc, out: Path, after: int) -> None:
-    deadline = time.monotonic() + 240
-    while latest_checkpoint_step(out) <= after:
-        assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint in time"
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 def test_kill_9_then_sigterm_mid_epoch_then_the_run_ends_as_an_uninterrupted_one(tmp_path):
     """kill -9 after a mid-epoch checkpoint, resume; SIGTERM mid-epoch (saves that step,
     exits 143), resume; the final state equals an uninterrupted run's: weights, BN
     statistics, momentum, EMA, Lookahead's slow copy, step; the whitening bias frozen after
     epoch 1 stays frozen across the resume. 64 steps per epoch, a checkpoint every 8."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     out, full_out = tmp_path / "run", tmp_path / "uninterrupted"
     steps_per_epoch, epochs = 64, 2
     flags = [*_recipe_flags(epochs, examples=64 * 64), "--set", "train.checkpoint_every_steps=8"]
 
     def start(folder):
-        return subprocess.Popen(
-            _cli(*flags, "--out", str(folder)),
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        return start_training(*flags, out=folder)
 
     proc = start(out)
-    _wait_for_checkpoint(proc, out, after=8)
+    wait_for(lambda: latest_checkpoint_step(out) > 8, 240, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = latest_checkpoint_step(out)
     assert killed_at < steps_per_epoch, "killed inside the first epoch"
 
     proc = start(out)
-    _wait_for_checkpoint(proc, out, after=steps_per_epoch + 8)
+    wait_for(lambda: latest_checkpoint_step(out) > steps_per_epoch + 8, 240, proc)
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=60)
@@ -451,17 +430,13 @@ def test_kill_9_then_sigterm_mid_epoch_then_the_run_ends_as_an_uninterrupted_one
 
 @pytest.mark.slow
 def test_cli_exit_codes(tmp_path):
-    bad = subprocess.run(_cli("--model", "nope"), cwd=REPO, capture_output=True, text=True)
+    bad = run_training("--model", "nope")
     assert bad.returncode == 2 and "Known models:" in bad.stderr
-    bad = subprocess.run(
-        _cli(*TINY, "--set", "optim.lr=fast"), cwd=REPO, capture_output=True, text=True
-    )
+    bad = run_training(*TINY, "--set", "optim.lr=fast")
     assert bad.returncode == 2 and "optim.lr" in bad.stderr
-    nan = subprocess.run(_cli(*TINY, "--lr", "1e12"), cwd=REPO, capture_output=True, text=True)
+    nan = run_training(*TINY, "--lr", "1e12")
     assert nan.returncode == 3 and "training loss became" in nan.stderr
-    strategy = subprocess.run(
-        _cli(*TINY, "--cpu-replicas", "2"), cwd=REPO, capture_output=True, text=True
-    )
+    strategy = run_training(*TINY, "--cpu-replicas", "2")
     assert strategy.returncode == 2, strategy.stderr
     assert "--cpu-replicas needs --strategy mirrored" in strategy.stderr
     assert "Traceback" not in strategy.stderr
