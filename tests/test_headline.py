@@ -59,7 +59,8 @@ def test_the_int8_tflite_model_keeps_the_test_accuracy_within_a_point(quick_run)
         ]
     )
     exported = (probabilities.argmax(1) == labels).mean()
-    int8 = tflite.convert(out / "export", "int8", splits.train.images[:1000])
+    calibration = restore.training_images(restore.restore_run(out, test_split=False))
+    int8 = tflite.convert(out / "export", "int8", calibration)
     quantised = (tflite.predict(int8, images).argmax(1) == labels).mean()
     assert exported > 0.6, "a trained model, not chance"
     assert abs(quantised - exported) <= 0.01, (quantised, exported)
