@@ -191,12 +191,10 @@ def _unwrap_optional(hint) -> tuple[Any, bool]:
 
 
 def _describe(hint) -> str:
+    """A non-Literal type hint in words ("float", "str or None"): Literal values are
+    checked, and named, before this is needed."""
     base, optional = _unwrap_optional(hint)
-    if typing.get_origin(base) is Literal:
-        text = "one of " + ", ".join(map(str, typing.get_args(base)))
-    else:
-        text = getattr(base, "__name__", str(base))
-    return text + (" or None" if optional else "")
+    return getattr(base, "__name__", str(base)) + (" or None" if optional else "")
 
 
 def to_dict(cfg: Any) -> dict:

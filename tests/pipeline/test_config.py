@@ -137,3 +137,22 @@ def test_a_version_1_config_reads_with_its_durations_renamed():
 def test_an_old_key_names_its_new_name():
     with pytest.raises(ConfigError, match="'train.steps_per_epoch' is now 'train.max_steps_"):
         override(Config(), {"train.steps_per_epoch": 5})
+
+
+def test_a_wrong_value_names_the_type_expected_choices_and_none_included():
+    # Planted by mutation testing (docs/mutation.md): the type in the message went untested.
+    messages = []
+    for change in ({"train.precision": "fp8"}, {"train.epochs": "abc"}, {"data.data_dir": 3}):
+        with pytest.raises(ConfigError) as wrong:
+            override(Config(), change)
+        messages.append(str(wrong.value))
+    assert messages[0].startswith(
+        "train.precision must be one of auto, float32, mixed_bfloat16, mixed_float16; got 'fp8'"
+    )
+    assert messages[1].startswith("train.epochs: cannot parse 'abc' as float")
+    assert messages[2].startswith("data.data_dir expects str or None, got 3")
+
+
+def test_a_set_value_may_itself_hold_equals_signs():
+    # Planted by mutation testing (docs/mutation.md): split at the first "=" only.
+    assert parse_overrides(["data.data_dir=/data/a=b=c"]) == {"data.data_dir": "/data/a=b=c"}

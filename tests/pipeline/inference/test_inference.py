@@ -421,3 +421,16 @@ def test_the_tflite_model_predicts_as_the_savedmodel(tmp_path):
         smaller = tflite.convert(out / "export", quantization, restored.inputs.splits.test.images)
         assert smaller.stat().st_size < path.stat().st_size
         assert tflite.predict(smaller, images[:8]).shape == (8, 10)
+
+
+def test_a_folder_without_a_run_is_described_by_what_it_holds(tmp_path):
+    # Planted by mutation testing (docs/mutation.md): the listing in the message.
+    with pytest.raises(restore.RunDirError, match=r"it holds nothing$"):
+        restore.restore_run(tmp_path)
+    for i in range(13):
+        (tmp_path / f"f{i:02d}").write_text("")
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(restore.RunDirError) as refused:
+        restore.restore_run(tmp_path)
+    listed = ", ".join(f"f{i:02d}" for i in range(12))
+    assert str(refused.value).endswith(f"it holds {listed} ...")
