@@ -12,7 +12,7 @@ These give the same numbers in far fewer passes over memory:
 - `gelu`: exact (erf) GELU whose forward and backward are each one XLA-fused loop.
 - `Conv2D`: Keras's Conv2D whose bfloat16 weight gradient on small maps is nine matrix
   products (one per kernel offset) instead of oneDNN's backward-weights convolution,
-  which runs 1.5-4x slower there (docs/performance.md, "The bfloat16 weight gradient").
+  which is slower there (docs/performance.md, "The bfloat16 weight gradient").
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ _SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
-# Computed in float32 whatever the input dtype, through erf: on the AMX Xeon XLA runs this
-# forward and backward in 56 ms per airbench94 step at batch 512 against 104 ms for the
-# same in bfloat16 through erfc (docs/performance.md), and rounds once instead of per op.
+# Computed in float32 whatever the input dtype, through erf: XLA's CPU code converts around
+# every bfloat16 operation, so this is faster (docs/performance.md, "Exact GELU") and
+# rounds once instead of per op.
 @tf.function(jit_compile=True)
 def _gelu_forward(x):
     z = tf.cast(x, tf.float32)
@@ -228,22 +228,21 @@ def shifted_products(x, upstream, kernel_size: int):
     return tf.reshape(tf.stack(offsets), [kernel_size, kernel_size, in_channels, out_channels])
 
 
+@tf.custom_gradient
 def _conv_with_shifted_weight_gradient(x, kernel):
-    @tf.custom_gradient
-    def conv(x, kernel):
-        def grad(upstream):
-            dx = tf.raw_ops.Conv2DBackpropInput(
-                input_sizes=tf.shape(x),
-                filter=kernel,
-                out_backprop=upstream,
-                strides=[1, 1, 1, 1],
-                padding="SAME",
-            )
-            return dx, shifted_products(x, upstream, kernel.shape[0])
+    """tf.nn.conv2d, stride 1, "same"; its weight gradient is `shifted_products`."""
 
-        return tf.nn.conv2d(x, kernel, 1, "SAME"), grad
+    def grad(upstream):
+        dx = tf.raw_ops.Conv2DBackpropInput(
+            input_sizes=tf.shape(x),
+            filter=kernel,
+            out_backprop=upstream,
+            strides=[1, 1, 1, 1],
+            padding="SAME",
+        )
+        return dx, shifted_products(x, upstream, kernel.shape[0])
 
-    return conv(x, kernel)
+    return tf.nn.conv2d(x, kernel, 1, "SAME"), grad
 
 
 @keras.saving.register_keras_serializable(package="cifar_pipeline")

@@ -49,7 +49,8 @@ def test_the_int8_tflite_model_keeps_the_test_accuracy_within_a_point(quick_run)
     from pipeline.training import export
 
     out, _ = quick_run
-    splits = restore.restore_run(out).inputs.splits
+    restored = restore.restore_run(out)
+    splits = restored.inputs.splits
     images, labels = splits.test.images, np.asarray(splits.test.labels)
     serve = tf.saved_model.load(str(out / "export")).signatures[export.SIGNATURE]
     probabilities = np.concatenate(
@@ -59,8 +60,7 @@ def test_the_int8_tflite_model_keeps_the_test_accuracy_within_a_point(quick_run)
         ]
     )
     exported = (probabilities.argmax(1) == labels).mean()
-    calibration = restore.training_images(restore.restore_run(out, test_split=False))
-    int8 = tflite.convert(out / "export", "int8", calibration)
+    int8 = tflite.convert(out / "export", "int8", restore.training_images(restored))
     quantised = (tflite.predict(int8, images).argmax(1) == labels).mean()
     assert exported > 0.6, "a trained model, not chance"
     assert abs(quantised - exported) <= 0.01, (quantised, exported)
