@@ -161,3 +161,66 @@ def test_one_cadence_helper_for_steps_and_epochs():
     assert [n for n in range(12) if is_due(n, 5)] == [0, 5, 10]
     assert [steps_until_due(n, 5) for n in (0, 3, 4, 5)] == [5, 2, 1, 5]
     assert not any(is_due(n, 0) for n in range(3)) and steps_until_due(7, 0) is None
+
+
+def test_after_call_runs_each_action_when_due_and_ends_them_at_the_last_step():
+    length = RunLength(4, 7)
+    every_3, never = _Spy(3), _Spy(0)
+    both = actions.Actions([every_3, never], length)
+    for step in range(1, 8):
+        both.after_call(types.SimpleNamespace(global_step=step))
+    assert every_3.seen == [("after", 3), ("after", 6), ("end", 7)]
+    assert never.seen == [("end", 7)]
+
+
+def test_the_actions_state_is_named_by_action_and_key():
+    class Holds(actions.Action):
+        def __init__(self, **state):
+            self._state = state
+
+        def state(self):
+            return self._state
+
+    held = actions.Actions([Holds(a=1), actions.Action(), Holds(b=2, c=3)], RunLength(1, 1))
+    assert held.state() == {"action_a": 1, "action_b": 2, "action_c": 3}
+
+
+def test_a_freeze_holds_at_every_point_including_a_resume_past_it():
+    bias = keras.Variable([0.0])
+    freeze = actions.FreezeAfter([bias], freeze_step=6)
+    for point, step, trained in [
+        ("begin", 0, True),
+        ("after_steps", 5, True),
+        ("after_steps", 6, False),
+        ("begin", 9, False),
+    ]:
+        bias.trainable = not trained  # whatever it was before
+        getattr(freeze, point)(types.SimpleNamespace(global_step=step))
+        assert bias.trainable is trained, (point, step)
+    assert freeze.every == 6 and freeze.state() == {}
+
+
+def _whitening_model(use_bias=True):
+    inputs = keras.Input((8, 8, 3))
+    x = keras.layers.Conv2D(4, 2, use_bias=use_bias, name="whiten")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
+
+
+def test_from_config_freezes_first_then_looks_ahead_on_the_runs_steps():
+    model = _whitening_model()
+    cfg = tiny_config(**{"optim.whiten_bias_epochs": 0.5, "optim.lookahead_every_steps": 5})
+    length = RunLength(48, 476)
+    made = actions.from_config(cfg, model, length, tf.distribute.get_strategy())
+    freeze, look = made.actions
+    assert isinstance(freeze, actions.FreezeAfter) and freeze.every == 24  # 0.5 x 48
+    assert freeze.variables == [model.get_layer("whiten").bias]
+    assert isinstance(look, actions.Lookahead) and (look.every, look.total) == (5, 476)
+    assert made.length is length
+    assert actions.from_config(tiny_config(), model, length, None).actions == []
+
+
+@pytest.mark.parametrize("model", [_whitening_model(use_bias=False), object()])
+def test_a_freeze_without_a_whitening_bias_says_how_to_fix_it(model):
+    cfg = tiny_config(**{"optim.whiten_bias_epochs": 1.0})
+    with pytest.raises(ConfigError, match="stem=whiten, or set optim.whiten_bias_epochs=0"):
+        actions.from_config(cfg, model, RunLength(8, 8), None)
