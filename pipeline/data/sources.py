@@ -7,6 +7,7 @@ import io
 import json
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,16 +51,20 @@ def _quiet_tfds():
     """Without tfds's chatter that misleads here: "Variant folder ... has no
     dataset_info.json" (absl, every time a builder looks at a data dir not prepared yet) and
     "Downloading and preparing dataset" (stdout) during an import that downloads nothing.
-    Its progress bars (stderr) and errors stay."""
+    Its progress bars (stderr) stay on a terminal; in a log file they are lines of cursor
+    codes. Errors stay."""
     from absl import logging as absl_logging  # noqa: PLC0415 - comes with TensorFlow
+    from tensorflow_datasets.core.utils import tqdm_utils  # noqa: PLC0415
 
-    previous = absl_logging.get_verbosity()
+    previous, bars = absl_logging.get_verbosity(), tqdm_utils._active
     absl_logging.set_verbosity(absl_logging.ERROR)
+    tqdm_utils.display_progress_bar(bars and sys.stderr.isatty())
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
         absl_logging.set_verbosity(previous)
+        tqdm_utils.display_progress_bar(bars)
 
 
 def builder(data_dir: str | None):

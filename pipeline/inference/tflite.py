@@ -3,14 +3,15 @@ range (int8 weights, float activations) or full int8 calibrated on training imag
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
-from pipeline.files import write_atomic
-from pipeline.training.export import SIGNATURE
+from pipeline.files import write_atomic, write_json
+from pipeline.training.export import INFO_FILE, SIGNATURE
 
 QUANTIZATIONS = ("float", "dynamic", "int8")
 CALIBRATION_IMAGES = 200  # training images int8 calibration reads, one at a time
@@ -54,7 +55,18 @@ def convert(
     model = converter.convert()
     path = export_dir / tflite_name(quantization)
     write_atomic(path, lambda tmp: tmp.write_bytes(model))
+    _list_in_description(export_dir, path.name)
     return path
+
+
+def _list_in_description(export_dir: Path, name: str) -> None:
+    """export.json's `files` names every file the export holds, the .tflite ones too."""
+    info_path = export_dir / INFO_FILE
+    if info_path.is_file():
+        info = json.loads(info_path.read_text())
+        if name not in info.setdefault("files", []):
+            info["files"].append(name)
+            write_json(info_path, info)
 
 
 def predict(tflite_path: str | Path, images: np.ndarray, batch: int = 100) -> np.ndarray:

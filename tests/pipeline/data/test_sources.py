@@ -176,8 +176,10 @@ def test_default_splits_counts_and_published_statistics(cifar_data_dir):
 
 def test_tfds_chatter_is_kept_out_of_an_import(capsys):
     """tfds's "Variant folder ... has no dataset_info.json" (absl) and its "Downloading and
-    preparing dataset" (stdout) mislead during an import that downloads nothing."""
+    preparing dataset" (stdout) mislead during an import that downloads nothing; its progress
+    bars are cursor codes in a log file (stderr is not a terminal here)."""
     from absl import logging as absl_logging
+    from tensorflow_datasets.core.utils import tqdm_utils
 
     from pipeline.data import sources
 
@@ -185,8 +187,12 @@ def test_tfds_chatter_is_kept_out_of_an_import(capsys):
     with sources._quiet_tfds():
         absl_logging.warning("Variant folder x has no dataset_info.json")
         print("Downloading and preparing dataset Unknown size")
+        for _ in tqdm_utils.tqdm(range(3), desc="Generating splits..."):
+            pass
     after = capsys.readouterr()
     assert "Variant folder" not in after.err + after.out
     assert "Downloading" not in after.out
+    assert "Generating splits" not in after.err
     assert absl_logging.get_verbosity() == before  # restored afterwards
+    assert tqdm_utils._active  # and the bars, for a terminal
     absl_logging.warning("a warning after the import shows")

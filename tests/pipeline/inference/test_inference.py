@@ -404,3 +404,5 @@ def test_the_tflite_model_predicts_as_the_savedmodel(tmp_path):
         smaller = tflite.convert(out / "export", quantization, restored.inputs.splits.test.images)
         assert smaller.stat().st_size < path.stat().st_size
         assert tflite.predict(smaller, images[:8]).shape == (8, 10)
+    listed = json.loads((out / "export" / export.INFO_FILE).read_text())["files"]
+    assert listed[-3:] == ["model.tflite", "model_dynamic.tflite", "model_int8.tflite"]
