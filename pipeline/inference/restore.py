@@ -16,7 +16,7 @@ from pipeline.data import sources
 from pipeline.data.datasets import Inputs
 from pipeline.errors import UserError
 from pipeline.run_length import RunLength
-from pipeline.training import export, optim, run, steps
+from pipeline.training import checkpoint_layout, export, optim, run, steps
 from pipeline.training import run_dir as run_dir_files
 
 
@@ -113,13 +113,13 @@ def restore_run(run_dir: str | Path, test_split: bool = True, data_dir: str | No
 
 def _weights_checkpoint(model, cfg: Config, strategy) -> tuple[tf.train.Checkpoint, tf.Variable]:
     """The part of a run's checkpoint that holds its weights (model, optimizer, epochs
-    done: the Trainer's `weights_checkpoint`), built without the training data."""
+    done), built without the training data."""
     length = RunLength(1, max(1, math.ceil(cfg.train.epochs)))  # the schedule holds no state
     with strategy.scope():
         optimizer = optim.build_optimizer(cfg, length)
         optimizer.build(steps.trainable(model))  # every variable trained at some point
         epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-    return tf.train.Checkpoint(model=model, optimizer=optimizer, epoch=epoch), epoch
+    return checkpoint_layout.run_checkpoint(model, optimizer, epoch), epoch
 
 
 def export_restored(restored: Restored, to: str | Path, overwrite: bool = False) -> Path:

@@ -22,7 +22,7 @@ from pipeline.data.datasets import Inputs
 from pipeline.errors import NonFiniteLossError, WorkerLostError
 from pipeline.run_length import RunLength
 from pipeline.runtime import distribute, preemption
-from pipeline.training import actions, controller, optim, steps
+from pipeline.training import actions, checkpoint_layout, controller, optim, steps
 from pipeline.training.run_dir import RunDirectory
 
 STEPS_PER_CALL = 50  # train steps per tf.function call: fewer Python round trips
@@ -59,13 +59,11 @@ class Trainer:
             # The epoch in progress: loss sum, correct, examples, seconds; each step's loss.
             self._epoch_totals = tf.Variable(tf.zeros([4], tf.float64), trainable=False)
             self._step_losses = tf.Variable(tf.zeros([length.steps_per_epoch]), trainable=False)
-        # What the weights need (all a checkpoint of an older version holds), and what a
-        # resume needs besides.
-        weights = {"model": model, "optimizer": self.optimizer, "epoch": self._epochs_done}
         self.actions = actions.from_config(cfg, model, length, strategy)
-        self.weights_checkpoint = tf.train.Checkpoint(**weights)
-        self.checkpoint = tf.train.Checkpoint(
-            **weights,
+        self.checkpoint = checkpoint_layout.run_checkpoint(
+            model,
+            self.optimizer,
+            self._epochs_done,
             epoch_step=self._epoch_step,
             epoch_totals=self._epoch_totals,
             step_losses=self._step_losses,
