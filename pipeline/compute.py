@@ -144,7 +144,7 @@ def resolve(cfg: Config, model, length_of: Callable[..., RunLength]) -> tuple[Co
     keeps its shape at any length. The returned config has no budget left to apply.
 
     Args:
-        length_of: the run length of a TrainConfig (`Inputs.run_length_of`).
+        length_of: the run length of a TrainConfig (`Inputs.length_for_config`).
 
     Returns:
         (the config to train, what it costs).

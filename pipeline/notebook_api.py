@@ -167,9 +167,11 @@ _MODEL_INIT_FNS: dict[str, Callable[[], keras.Model]] = {
 def optimizer_for(cell: str) -> keras.optimizers.Optimizer:
     """The notebook's optimizer for a training cell: its experiment's SGD or Nesterov
     settings, with a constant learning rate as the notebook has."""
-    o = experiments.get(cell).optim
-    nesterov = o.optimizer == "nesterov"
-    return keras.optimizers.SGD(learning_rate=o.lr, momentum=o.momentum, nesterov=nesterov)
+    optim_cfg = experiments.get(cell).optim
+    nesterov = optim_cfg.optimizer == "nesterov"
+    return keras.optimizers.SGD(
+        learning_rate=optim_cfg.lr, momentum=optim_cfg.momentum, nesterov=nesterov
+    )
 
 
 def init_fns(cell: str) -> tuple[Callable, Callable]:

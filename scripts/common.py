@@ -116,13 +116,13 @@ def data_overrides(args: argparse.Namespace) -> dict:
     return out
 
 
-def apply_flags(cfg, args: argparse.Namespace, flags: dict[str, str], fixed: dict | None = None):
+def apply_flags(cfg, args: argparse.Namespace, flags: dict[str, str], always: dict | None = None):
     """`cfg` with the command line on top, in the one order every CLI uses: what the
-    command always sets (`fixed`), the data flags, the given flags of `flags` (argparse
+    command always sets (`always`), the data flags, the given flags of `flags` (argparse
     dest -> config key), then each `--set` (which therefore wins)."""
     from pipeline.config import override, parse_overrides  # noqa: PLC0415
 
-    updates = {**(fixed or {}), **data_overrides(args), **given_flags(args, flags)}
+    updates = {**(always or {}), **data_overrides(args), **given_flags(args, flags)}
     return override(override(cfg, updates), parse_overrides(getattr(args, "set", [])))
 
 

@@ -111,8 +111,8 @@ def main() -> None:
     rows = []
     for model, loop in runs(args.models or list(experiments.NOTEBOOK)):
         name = f"{model}-{loop}"
-        fixed = {"train.loop": loop, "train.out_dir": str(out / name), "train.progress": "none"}
-        cfg = apply_flags(experiments.for_model(model), args, {"seed": "train.seed"}, fixed)
+        always = {"train.loop": loop, "train.out_dir": str(out / name), "train.progress": "none"}
+        cfg = apply_flags(experiments.for_model(model), args, {"seed": "train.seed"}, always)
         metrics = run.train(cfg, log=lambda s, n=name: print(f"[{n}] {s}", flush=True))
         bar = experiments.NOTEBOOK[model][1] if loop == "custom" else experiments.NOTEBOOK_FIT_BAR
         rows.append(

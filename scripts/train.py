@@ -102,12 +102,12 @@ def build_config(args: argparse.Namespace) -> Config:
         if args.config
         else experiment_config(args, Config().model.name)
     )
-    fixed = {}
+    always = {}
     if args.quiet:
-        fixed["train.progress"] = "none"
+        always["train.progress"] = "none"
     if args.no_export:
-        fixed["train.export"] = False
-    cfg = apply_flags(cfg, args, FLAGS, fixed)
+        always["train.export"] = False
+    cfg = apply_flags(cfg, args, FLAGS, always)
     if not cfg.train.epochs > 0:
         raise ConfigError(f"--epochs must be > 0 (e.g. 10 or 9.9), got {cfg.train.epochs}")
     if cfg.train.budget_pflops < 0:

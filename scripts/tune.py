@@ -154,10 +154,10 @@ def base_config(args) -> Config:
             "a search never reads the test split: leave out --test-examples (cifar-tune "
             "retrain scores the winner on it)"
         )
-    fixed = {**SEARCH_SPLIT, "train.progress": "none", "train.tta": "none"}
+    always = {**SEARCH_SPLIT, "train.progress": "none", "train.tta": "none"}
     if not args.budget_pflops:
-        fixed["train.epochs"] = args.max_epochs
-    cfg = apply_flags(experiments.get(get_space(args.space).base), args, FLAGS, fixed)
+        always["train.epochs"] = args.max_epochs
+    cfg = apply_flags(experiments.get(get_space(args.space).base), args, FLAGS, always)
     return override(cfg, {"data.test_examples": 0})
 
 

@@ -82,7 +82,7 @@ class SearchHyperModel(kt.HyperModel):
             cfg = override(cfg, {"train.epochs": int(epochs or cfg.train.epochs)})
         # The trial's own batch size and augmentations over the data loaded once.
         inputs = self.inputs.with_data(cfg.data)
-        cfg, cost = compute.resolve(cfg, model, inputs.run_length_of)
+        cfg, cost = compute.resolve(cfg, model, inputs.length_for_config)
         trial_id = next((cb.trial.trial_id for cb in callbacks or [] if hasattr(cb, "trial")), None)
         log = lambda s: print(f"[trial {trial_id}] {s}", flush=True)  # noqa: E731
         try:

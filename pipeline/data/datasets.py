@@ -56,10 +56,10 @@ class Inputs:
         `cut` steps if > 0."""
         return run_length(len(self.splits.train.labels), self.cfg.batch_size, epochs, cut)
 
-    def run_length_of(self, tcfg: TrainConfig) -> RunLength:
+    def length_for_config(self, train_cfg: TrainConfig) -> RunLength:
         """The length a run's `TrainConfig` asks for: its epochs, each cut to
         `max_steps_per_epoch` when that is > 0."""
-        return self.run_length(tcfg.epochs, tcfg.max_steps_per_epoch)
+        return self.run_length(train_cfg.epochs, train_cfg.max_steps_per_epoch)
 
     def train_dataset_fn(
         self, length: RunLength, start_epoch: int = 0, start_step: int = 0

@@ -206,8 +206,8 @@ def run_local_workers(
     ]
     code, lost = supervise(children)
     if lost:
-        kept = latest_checkpoint_name(out)
-        where = f"from {kept} in {out}" if kept else "from the start (no checkpoint yet)"
+        latest = latest_checkpoint_name(out)
+        where = f"from {latest} in {out}" if latest else "from the start (no checkpoint yet)"
         print(
             f"error: the run lost {lost}. Run the same command again to resume {where}.",
             file=sys.stderr,

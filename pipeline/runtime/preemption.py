@@ -91,12 +91,12 @@ class StopRequests:
                     if signum in STOP_SIGNALS:
                         self.request(signum)
 
-    def raise_stopped(self, where: str, kept: str) -> None:
+    def raise_stopped(self, where: str, what_is_kept: str) -> None:
         """Raises `Preempted` naming the signal, where training stopped and what is kept.
         A worker that got no signal itself stopped because another worker did."""
         signum = self.signum or signal.SIGTERM
         cause = signal.Signals(signum).name if self.signum else "a signal to another worker"
-        raise Preempted(signum, f"stopped by {cause} {where}; {kept}")
+        raise Preempted(signum, f"stopped by {cause} {where}; {what_is_kept}")
 
 
 def _exit_now(signum: int) -> None:

@@ -110,10 +110,11 @@ class FreezeAfter(Action):
     frozen parameter's), and the controller's step is rebuilt for the new set."""
 
     def __init__(self, variables: list, freeze_step: int):
-        self.variables, self.every = variables, freeze_step
+        self.variables, self.freeze_step = variables, freeze_step
+        self.every = freeze_step  # due at the freeze (at its multiples it changes nothing)
 
     def _apply(self, trainer) -> None:
-        trained = trainer.global_step < self.every
+        trained = trainer.global_step < self.freeze_step
         for variable in self.variables:
             variable.trainable = trained
 
@@ -126,14 +127,16 @@ def from_config(cfg: Config, model, length: RunLength, strategy) -> Actions:
     Raises:
         ConfigError: for a freeze on a model without a whitening stem.
     """
-    o = cfg.optim
+    optim_cfg = cfg.optim
     actions: list[Action] = []
-    if o.whiten_bias_epochs:
+    if optim_cfg.whiten_bias_epochs:
         actions.append(
-            FreezeAfter([_whitening_bias(model)], length.steps_for(o.whiten_bias_epochs))
+            FreezeAfter([_whitening_bias(model)], length.steps_for(optim_cfg.whiten_bias_epochs))
         )
-    if o.lookahead_every_steps:
-        actions.append(Lookahead(model, o.lookahead_every_steps, length.total_steps, strategy))
+    if optim_cfg.lookahead_every_steps:
+        actions.append(
+            Lookahead(model, optim_cfg.lookahead_every_steps, length.total_steps, strategy)
+        )
     return Actions(actions, length)
 
 

@@ -53,7 +53,7 @@ class RunAction:
 class Controller:
     """Runs `trainer` from `start` to the run's end, calling `run_actions` in list order at
     each point, in step calls of at most `steps_per_call`. `stops` is the active stop
-    request (a `preemption.StopRequests`); `kept` says what a failed or stopped run leaves,
+    request (a `preemption.StopRequests`); `what_is_kept` says what a failed or stopped run leaves,
     for messages."""
 
     def __init__(
@@ -61,17 +61,22 @@ class Controller:
         trainer,
         run_actions: list[RunAction],
         stops,
-        kept: Callable[[], str],
+        what_is_kept: Callable[[], str],
         steps_per_call: int,
     ):
-        self.trainer, self.run_actions, self.stops, self.kept = trainer, run_actions, stops, kept
+        self.trainer, self.run_actions, self.stops, self.what_is_kept = (
+            trainer,
+            run_actions,
+            stops,
+            what_is_kept,
+        )
         self.steps_per_call = steps_per_call
 
     def run(self, start: int, history: list[dict], progress: Callable | None = None) -> None:
         """Trains epochs `start`.. of the run, appending each one's row to `history`.
 
         Raises:
-            NonFiniteLossError: naming the checkpoint kept.
+            NonFiniteLossError: naming the checkpoint what_is_kept.
             Preempted: once a stop agreed by every worker is saved.
         """
         trainer = self.trainer
@@ -84,7 +89,7 @@ class Controller:
             stopping = bool(trainer.stop_agreed())  # a signal during the last steps or val
             self._each("between_epochs", trainer, history, stopping)
             if stopping:
-                self.stops.raise_stopped(f"after epoch {epoch + 1}", self.kept())
+                self.stops.raise_stopped(f"after epoch {epoch + 1}", self.what_is_kept())
         self._each("end", trainer, history)
 
     def _train_rest_of_epoch(self, progress: Callable | None) -> None:
@@ -105,10 +110,10 @@ class Controller:
             try:
                 done = trainer.train_steps(limit, bar)
             except NonFiniteLossError as e:
-                raise NonFiniteLossError(f"{e}; {self.kept()}") from None
+                raise NonFiniteLossError(f"{e}; {self.what_is_kept()}") from None
             if done < limit:  # the call stopped early: a stop every worker agreed on
                 self._each("stopped", trainer)
-                self.stops.raise_stopped(f"at {trainer.position}", self.kept())
+                self.stops.raise_stopped(f"at {trainer.position}", self.what_is_kept())
             if not trainer.epoch_complete:
                 self._each("after_call", trainer)
 
@@ -122,10 +127,10 @@ class Checkpoints(RunAction):
     run (or its resume) starts at, after the last epoch, every `checkpoint_every_steps`
     steps inside an epoch, and wherever a stop is agreed."""
 
-    def __init__(self, run_dir, tcfg: TrainConfig, start: int):
+    def __init__(self, run_dir, train_cfg: TrainConfig, start: int):
         self.run_dir, self.start = run_dir, start
-        self.every_epochs = tcfg.checkpoint_every_epochs
-        self.every_steps = tcfg.checkpoint_every_steps
+        self.every_epochs = train_cfg.checkpoint_every_epochs
+        self.every_steps = train_cfg.checkpoint_every_steps
 
     def steps_to_next(self, trainer) -> int | None:
         return steps_until_due(trainer.epoch_step, self.every_steps)
@@ -220,16 +225,16 @@ class ProgressLines:
         )
 
 
-def progress_bar(tcfg: TrainConfig, batch_size: int, epochs: int) -> Callable:
+def progress_bar(train_cfg: TrainConfig, batch_size: int, epochs: int) -> Callable:
     """A progress factory for an epoch of n steps (`factory(n_steps, epoch)`): a bar on a
     TTY (or when asked), timed lines elsewhere (`progress=auto`), nothing for "none"."""
-    if tcfg.progress == "none":
+    if train_cfg.progress == "none":
         return lambda n_steps, epoch: None
-    if tcfg.progress == "bar" or sys.stdout.isatty():
+    if train_cfg.progress == "bar" or sys.stdout.isatty():
         return lambda n_steps, epoch: keras.utils.Progbar(
             n_steps, verbose=1, stateful_metrics=["loss", "acc"]
         )
-    every = tcfg.progress_every_seconds
+    every = train_cfg.progress_every_seconds
     return lambda n_steps, epoch: ProgressLines(
         n_steps, f"{epoch}/{epochs}", batch_size, every, lambda s: print(s, flush=True)
     )

@@ -45,7 +45,7 @@ def fit_with_keras(model, inputs: Inputs, cfg: Config, strategy, log=print) -> d
             f"--loop fit (Keras's model.fit) cannot apply {', '.join(asked)}: use --loop "
             "custom, or reset them (e.g. --set optim.bias_lr_scale=1)"
         )
-    length = inputs.run_length_of(cfg.train)
+    length = inputs.length_for_config(cfg.train)
     steps, epochs = length.steps_per_epoch, length.epochs
     with strategy.scope():
         model.compile(

@@ -260,14 +260,14 @@ def fit(
     """
     wall = time.perf_counter()
     strategy = strategy or tf.distribute.get_strategy()
-    tcfg = cfg.train
-    length = inputs.run_length_of(tcfg)
+    train_cfg = cfg.train
+    length = inputs.length_for_config(train_cfg)
     stops = preemption.StopRequests()
     trainer = Trainer(model, inputs, cfg, strategy, length, stops.flag)
     run_dir = RunDirectory(
-        tcfg.out_dir,
+        train_cfg.out_dir,
         distribute.is_chief(strategy),
-        tcfg.keep_checkpoints,
+        train_cfg.keep_checkpoints,
         trainer.checkpoint,
         trainer.checkpoint_bytes(),
     )
@@ -276,13 +276,13 @@ def fit(
     if trainer.epochs_done >= length.epochs:
         run_dir.describe_latest(trainer.position)
         log(
-            f"{tcfg.out_dir} holds this run fully trained ({length.epochs} epochs): "
+            f"{train_cfg.out_dir} holds this run fully trained ({length.epochs} epochs): "
             "evaluating it again, without training (a new --out trains afresh)"
         )
     elif trainer.epochs_done or trainer.epoch_step:
         run_dir.describe_latest(trainer.position)
         where = trainer.position if trainer.epoch_step else f"epoch {start}"
-        log(f"resuming from the checkpoint of {where} in {tcfg.out_dir}")
+        log(f"resuming from the checkpoint of {where} in {train_cfg.out_dir}")
     trainer.start(start)
     hooks = keras.callbacks.CallbackList(
         callbacks or [],
@@ -293,13 +293,15 @@ def fit(
     run_actions = [
         controller.Validate(),
         controller.Record(run_dir),
-        controller.Checkpoints(run_dir, tcfg, start),
+        controller.Checkpoints(run_dir, train_cfg, start),
         controller.Report(hooks, log),
     ]
-    outer = controller.Controller(trainer, run_actions, stops, run_dir.what_is_kept, STEPS_PER_CALL)
+    run_loop = controller.Controller(
+        trainer, run_actions, stops, run_dir.what_is_kept, STEPS_PER_CALL
+    )
     with stops, _peers_watched(strategy, run_dir):
-        progress = controller.progress_bar(tcfg, cfg.data.batch_size, length.epochs)
-        outer.run(start, history, progress)
+        progress = controller.progress_bar(train_cfg, cfg.data.batch_size, length.epochs)
+        run_loop.run(start, history, progress)
     with stops:  # a signal now stops the run once the evaluation in progress is done
         result = {"history": history, **trainer.finish()}
     if stops.signum is not None:

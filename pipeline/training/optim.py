@@ -120,12 +120,12 @@ def rate_multipliers(variables: list, cfg: OptimConfig, length: RunLength):
     the whitening bias's rate falls linearly from the peak to 0 at its freeze
     (airbench94_muon: `lr * (1 - step / whiten_bias_train_steps)`), whatever the schedule.
     """
-    fixed = [
+    constant_scales = [
         cfg.bias_lr_scale if is_bn_shift(v) else cfg.head_lr_scale if is_head(v) else 1.0
         for v in variables
     ]
     ramp = [cfg.whiten_bias_lr == "to_zero" and is_whitening_bias(v) for v in variables]
-    if all(k == 1.0 for k in fixed) and not any(ramp):
+    if all(k == 1.0 for k in constant_scales) and not any(ramp):
         return None
     freeze = float(length.steps_for(cfg.whiten_bias_epochs)) if any(ramp) else 1.0
 
@@ -135,7 +135,7 @@ def rate_multipliers(variables: list, cfg: OptimConfig, length: RunLength):
         to_zero = tf.math.divide_no_nan(
             cfg.lr * tf.maximum(0.0, 1.0 - step / freeze), lr_at(step, cfg, length)
         )
-        return [to_zero if r else k for k, r in zip(fixed, ramp, strict=True)]
+        return [to_zero if r else k for k, r in zip(constant_scales, ramp, strict=True)]
 
     return multipliers
 

@@ -104,7 +104,7 @@ def gpu_capabilities() -> list[tuple[int, int]]:
 
 
 def resolve(cfg, log: Callable[[str], None] = print):
-    """`cfg` with `train.precision` made concrete for this machine, and the `Choice`.
+    """`cfg` with `train.precision` decided for this machine, and the `Choice`.
 
     Prints the choice and its reason in one line. On a GPU, "auto" also turns on what GPU
     trainers rely on: augmentation inside the compiled step and an XLA-compiled step.
@@ -126,7 +126,7 @@ def resolve(cfg, log: Callable[[str], None] = print):
     return dataclasses.replace(cfg, **changes), choice
 
 
-def concrete(precision: str) -> str:
+def actual_precision(precision: str) -> str:
     """`precision` itself, or what "auto" resolves to here (quietly: library callers that
     skip `resolve` still build and train in the policy `resolve` would choose)."""
     if precision != "auto":
@@ -141,7 +141,7 @@ def policy_scope(precision: str) -> Iterator[None]:
     Keras layers read the policy when they are created, so the policy is set only while
     models are built and restored afterwards: nothing global outlives the scope.
     """
-    precision = concrete(precision)
+    precision = actual_precision(precision)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)
     try:
@@ -156,6 +156,6 @@ def wrap_optimizer(optimizer: keras.optimizers.Optimizer, precision: str):
     Keras 3's LossScaleOptimizer scales the loss (`scale_loss`, inside the tape), unscales
     the gradients, skips any step whose gradients are not finite and lowers the scale.
     """
-    if concrete(precision) == "mixed_float16":
+    if actual_precision(precision) == "mixed_float16":
         return keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

@@ -103,7 +103,7 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
     chief = distribute.is_chief(strategy)
     model = build(cfg, strategy, inputs)
     # A budget becomes epochs here; config.json holds the run as trained, the budget beside it.
-    cfg, cost = compute.resolve(cfg, model, inputs.run_length_of)
+    cfg, cost = compute.resolve(cfg, model, inputs.length_for_config)
     if out and chief:
         out.mkdir(parents=True, exist_ok=True)
         # What "auto" and the budget became on this machine: records beside the settings
@@ -111,7 +111,7 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
         records = {"train.precision": resolved, "train.budget_pflops": cost.record()}
         write_json(out / "config.json", to_record(cfg, resolved=records))
         run_dir.write_data_record(out, inputs.splits)
-    length = inputs.run_length_of(cfg.train)
+    length = inputs.length_for_config(cfg.train)
     log(
         f"{cfg.model.name}: {count_params(model):,} parameters, {strategy.num_replicas_in_sync}"
         f" replica(s), {cfg.train.precision}, {cfg.train.epochs:g} epoch(s): "

@@ -35,7 +35,9 @@ def test_airbench94_forward_flops_by_layer_match_hand_counts():
     # Its 476 steps of 1,024 at 3x forward: airbench lists about 0.36 PFLOPs.
     cfg = experiments.get("challenge_airbench94")
     length = run_length(50_000, 1024, cfg.train.epochs)
-    _, cost = compute.resolve(cfg, model, lambda tcfg: run_length(50_000, 1024, tcfg.epochs))
+    _, cost = compute.resolve(
+        cfg, model, lambda train_cfg: run_length(50_000, 1024, train_cfg.epochs)
+    )
     assert cost.forward_flops_per_image == forward
     assert cost.train_flops_per_image == 3 * forward
     assert cost.train_images == length.total_steps * 1024 == 476 * 1024
@@ -59,7 +61,7 @@ def test_twice_the_flops_per_image_trains_half_the_steps():
 
 def _resolve(cfg, examples: int = 256):
     model = registry.build_model(cfg.model)
-    length_of = lambda tcfg: run_length(examples, cfg.data.batch_size, tcfg.epochs)  # noqa: E731
+    length_of = lambda train_cfg: run_length(examples, cfg.data.batch_size, train_cfg.epochs)  # noqa: E731
     return compute.resolve(cfg, model, length_of), compute.flops_per_image(model)
 
 

@@ -61,9 +61,9 @@ def test_run_actions_are_called_at_named_points_in_list_order():
     trainer, cfg = _trainer(2)
     seen = []
     actions = [Spy(seen, "a"), Spy(seen, "b")]
-    outer = controller.Controller(trainer, actions, preemption.StopRequests(), str, 3)
+    run_loop = controller.Controller(trainer, actions, preemption.StopRequests(), str, 3)
     history = []
-    outer.run(0, history)
+    run_loop.run(0, history)
     points = [e for e in seen if e[0] == "a"]
     assert points == [
         ("a", "begin", 0),
@@ -110,9 +110,9 @@ def test_a_stop_inside_an_epoch_saves_the_step_reached_and_raises():
                 stops.flag.assign(True)  # as the signal watcher does
 
     run_actions = [StopAtFour(), controller.Checkpoints(run_dir, cfg.train, 0), Spy(seen, "s")]
-    outer = controller.Controller(trainer, run_actions, stops, lambda: "kept", 4)
+    run_loop = controller.Controller(trainer, run_actions, stops, lambda: "kept", 4)
     with pytest.raises(Preempted, match="at epoch 1, step 4/8; kept"):
-        outer.run(0, [])
+        run_loop.run(0, [])
     assert run_dir.saved == [(4, "epoch 1, step 4/8")]
     assert ("s", "stopped", 4) in seen and not [e for e in seen if e[1] == "epoch_end"]
 
@@ -143,9 +143,9 @@ def test_a_stop_agreed_during_an_epochs_validation_is_saved_off_the_cadence():
                 stops.flag.assign(True)  # as the signal watcher does
 
     run_actions = [StopWhileValidating(), controller.Checkpoints(run_dir, cfg.train, 0)]
-    outer = controller.Controller(trainer, run_actions, stops, lambda: "kept", 50)
+    run_loop = controller.Controller(trainer, run_actions, stops, lambda: "kept", 50)
     with pytest.raises(Preempted, match="after epoch 1; kept"):
-        outer.run(0, [])
+        run_loop.run(0, [])
     assert run_dir.saved == [(8, "end of epoch 1")]
 
 
