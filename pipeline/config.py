@@ -148,11 +148,17 @@ RUNTIME_KEYS = (
 )
 
 
-def get_dotted(cfg: Any, key: str) -> Any:
-    """The value of a dotted key ("optim.lr") in a config tree."""
+def get_dotted(tree: Any, key: str) -> Any:
+    """The value of a dotted key ("optim.lr") in a config tree: the dataclasses, or the
+    dicts of a config.json (where a key an older version did not write is None)."""
     for part in key.split("."):
-        cfg = getattr(cfg, part)
-    return cfg
+        if isinstance(tree, dict):
+            tree = tree.get(part)
+        elif tree is None:
+            return None
+        else:
+            tree = getattr(tree, part)
+    return tree
 
 
 def recipe(cfg: Config) -> Config:

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from models import registry
 from pipeline import compute
-from pipeline.config import Config, ConfigError, to_dict, to_record
+from pipeline.config import Config, ConfigError, get_dotted, to_dict, to_record
 from pipeline.data import sources
 from pipeline.data.datasets import Inputs, make_inputs
 from pipeline.errors import UserError
@@ -69,19 +69,13 @@ def check_resumable(out: Path, cfg: Config) -> None:
         return
     saved, now = json.loads(saved_path.read_text()), to_dict(cfg)
     for key in _CHECKPOINT_SHAPING:
-        was, wants = _get_dotted(saved, key), _get_dotted(now, key)
+        was, wants = get_dotted(saved, key), get_dotted(now, key)
         if was != wants:
             raise RunError(
                 f"{out} holds a checkpoint trained with {key} = {json.dumps(was)}, but this run "
                 f"asks for {json.dumps(wants)}, which cannot resume it. Give a new --out, or "
                 f"delete {out} to start afresh."
             )
-
-
-def _get_dotted(tree: dict, key: str):
-    for part in key.split("."):
-        tree = tree.get(part) if isinstance(tree, dict) else None
-    return tree
 
 
 def train(cfg: Config, log=print, callbacks=None) -> dict:

@@ -1,6 +1,14 @@
 import pytest
 
-from pipeline.config import Config, ConfigError, from_dict, override, parse_overrides, to_dict
+from pipeline.config import (
+    Config,
+    ConfigError,
+    from_dict,
+    get_dotted,
+    override,
+    parse_overrides,
+    to_dict,
+)
 
 
 def test_override_parses_types_and_nested_keys():
@@ -156,3 +164,15 @@ def test_a_wrong_value_names_the_type_expected_choices_and_none_included():
 def test_a_set_value_may_itself_hold_equals_signs():
     # Planted by mutation testing (docs/mutation.md): split at the first "=" only.
     assert parse_overrides(["data.data_dir=/data/a=b=c"]) == {"data.data_dir": "/data/a=b=c"}
+
+
+def test_dotted_keys_are_read_from_configs_and_from_their_json_alike():
+    cfg = override(Config(), {"optim.lr": 0.25, "model.params": {"widths": [8]}})
+    as_json = to_dict(cfg)
+    for key, value in [("optim.lr", 0.25), ("model.params", {"widths": [8]})]:
+        assert get_dotted(cfg, key) == get_dotted(as_json, key) == value
+    # An older config.json may lack a key: None, where a config's missing field is an error.
+    assert get_dotted({"optim": {}}, "optim.lr") is None
+    assert get_dotted({}, "optim.lr") is None
+    with pytest.raises(AttributeError):
+        get_dotted(cfg, "optim.lrr")
