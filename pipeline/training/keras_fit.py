@@ -12,6 +12,7 @@ import tensorflow as tf
 from pipeline.config import Config
 from pipeline.data.datasets import Inputs
 from pipeline.errors import UserError
+from pipeline.run_length import RunLength
 from pipeline.training import optim
 
 
@@ -19,7 +20,9 @@ class KerasFitError(UserError):
     """--loop fit was asked for something Keras's model.fit cannot do here."""
 
 
-def fit_with_keras(model, inputs: Inputs, cfg: Config, strategy, log=print) -> dict:
+def fit_with_keras(
+    model, inputs: Inputs, cfg: Config, strategy, log=print, length: RunLength | None = None
+) -> dict:
     """The same model, data and optimizer through `model.compile` + `model.fit`, for comparison
     with the project's loop (the notebook does both). Keras's loop, not a second one of ours."""
     if not isinstance(model, keras.Model):
@@ -45,7 +48,7 @@ def fit_with_keras(model, inputs: Inputs, cfg: Config, strategy, log=print) -> d
             f"--loop fit (Keras's model.fit) cannot apply {', '.join(asked)}: use --loop "
             "custom, or reset them (e.g. --set optim.bias_lr_scale=1)"
         )
-    length = inputs.length_for_config(cfg.train)
+    length = length or inputs.length_for_config(cfg.train)
     steps, epochs = length.steps_per_epoch, length.epochs
     with strategy.scope():
         model.compile(

@@ -243,8 +243,10 @@ def fit(
     callbacks: list | None = None,
     log: Callable[[str], None] = print,
     initial_epoch: int = 0,
+    length: RunLength | None = None,
 ) -> dict:
-    """Trains `model` (built under `strategy.scope()`) for `cfg.train.epochs` epochs.
+    """Trains `model` (built under `strategy.scope()`) for `length` (default: the one
+    `cfg.train` asks for; `run.train` hands over the one it computed and logged).
 
     Resumes from the latest checkpoint in `cfg.train.out_dir` when there is one (at the
     step it was saved, mid-epoch included), else starts at `initial_epoch` (keras-tuner's
@@ -261,7 +263,7 @@ def fit(
     wall = time.perf_counter()
     strategy = strategy or tf.distribute.get_strategy()
     train_cfg = cfg.train
-    length = inputs.length_for_config(train_cfg)
+    length = length or inputs.length_for_config(train_cfg)
     stops = preemption.StopRequests()
     trainer = Trainer(model, inputs, cfg, strategy, length, stops.flag)
     run_dir = RunDirectory(

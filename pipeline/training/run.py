@@ -114,9 +114,9 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
         "per image)"
     )
     if cfg.train.loop == "fit":
-        result = fit_with_keras(model, inputs, cfg, strategy, log)
+        result = fit_with_keras(model, inputs, cfg, strategy, log, length)
     else:
-        result = loop.fit(model, inputs, cfg, strategy, callbacks=callbacks, log=log)
+        result = loop.fit(model, inputs, cfg, strategy, callbacks=callbacks, log=log, length=length)
     if out and chief and cfg.train.export:
         _export_at_end(model, inputs, cfg, out, log)
     metrics = {
