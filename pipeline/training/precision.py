@@ -23,6 +23,10 @@ class Choice:
     policy: str
     reason: str
     device: str
+    # What GPU trainers rely on, turned on with "auto" on a GPU: augmentation inside the
+    # compiled step and an XLA-compiled step.
+    augment_on_device: bool = False
+    jit_compile: bool = False
 
 
 def choose(
@@ -41,11 +45,12 @@ def choose(
     if gpu_capabilities:
         major, minor = min(gpu_capabilities)
         cc = f"GPU compute capability {major}.{minor}"
+        gpu = {"device": device, "augment_on_device": True, "jit_compile": True}
         if major >= 8:
-            return Choice("mixed_bfloat16", f"{cc} >= 8.0 has bfloat16 tensor cores", device)
+            return Choice("mixed_bfloat16", f"{cc} >= 8.0 has bfloat16 tensor cores", **gpu)
         if major == 7:
-            return Choice("mixed_float16", f"{cc} has float16 tensor cores", device)
-        return Choice("float32", f"{cc} < 7.0 has no half-precision tensor cores", device)
+            return Choice("mixed_float16", f"{cc} has float16 tensor cores", **gpu)
+        return Choice("float32", f"{cc} < 7.0 has no half-precision tensor cores", **gpu)
     if cpu_flags is None:
         return Choice(
             "float32", "CPU flags unknown (no /proc/cpuinfo), so the safe float32", device
@@ -104,19 +109,22 @@ def gpu_capabilities() -> list[tuple[int, int]]:
 
 
 def resolve(cfg, log: Callable[[str], None] = print):
-    """`cfg` with `train.precision` decided for this machine, and the `Choice`.
+    """`cfg` with `train.precision` decided for this machine, and the `Choice`: the one
+    place "auto" is decided (building and the optimizer refuse it).
 
     Prints the choice and its reason in one line. On a GPU, "auto" also turns on what GPU
-    trainers rely on: augmentation inside the compiled step and an XLA-compiled step.
-    Warns when bfloat16 is asked for on a CPU that can only emulate it.
+    trainers rely on: augmentation inside the compiled step and an XLA-compiled step; the
+    line says so. Warns when bfloat16 is asked for on a CPU that can only emulate it.
     """
     flags = cpu_flags()
     choice = choose(cfg.train.precision, flags, gpu_capabilities())
     changes = {"train": dataclasses.replace(cfg.train, precision=choice.policy)}
-    if cfg.train.precision == "auto" and choice.device == "gpu":
+    also = ""
+    if choice.augment_on_device or choice.jit_compile:
         changes["data"] = dataclasses.replace(cfg.data, augment_on_device=True)
         changes["train"] = dataclasses.replace(changes["train"], jit_compile=True)
-    log(f"precision: {choice.policy} ({choice.reason})")
+        also = "; with augmentation inside the compiled step and an XLA step, as on GPUs"
+    log(f"precision: {choice.policy} ({choice.reason}){also}")
     emulated = flags is not None and not bf16_units(flags)
     if choice.policy == "mixed_bfloat16" and choice.device == "cpu" and emulated:
         log(
@@ -126,12 +134,14 @@ def resolve(cfg, log: Callable[[str], None] = print):
     return dataclasses.replace(cfg, **changes), choice
 
 
-def actual_precision(precision: str) -> str:
-    """`precision` itself, or what "auto" resolves to here (quietly: library callers that
-    skip `resolve` still build and train in the policy `resolve` would choose)."""
-    if precision != "auto":
-        return precision
-    return choose(precision, cpu_flags(), gpu_capabilities()).policy
+def decided(precision: str) -> str:
+    """`precision`, refused while still "auto": `resolve` decides it, once a run."""
+    if precision == "auto":
+        raise ValueError(
+            'train.precision "auto" reached the model or optimizer undecided: pass the config '
+            "through pipeline.training.precision.resolve first (run.train and cifar-* do)"
+        )
+    return precision
 
 
 @contextlib.contextmanager
@@ -141,7 +151,7 @@ def policy_scope(precision: str) -> Iterator[None]:
     Keras layers read the policy when they are created, so the policy is set only while
     models are built and restored afterwards: nothing global outlives the scope.
     """
-    precision = actual_precision(precision)
+    precision = decided(precision)
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)
     try:
@@ -156,6 +166,6 @@ def wrap_optimizer(optimizer: keras.optimizers.Optimizer, precision: str):
     Keras 3's LossScaleOptimizer scales the loss (`scale_loss`, inside the tape), unscales
     the gradients, skips any step whose gradients are not finite and lowers the scale.
     """
-    if actual_precision(precision) == "mixed_float16":
+    if decided(precision) == "mixed_float16":
         return keras.optimizers.LossScaleOptimizer(optimizer)
     return optimizer

@@ -87,7 +87,13 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
     wall = time.perf_counter()
     resolved = {"requested": cfg.train.precision}
     cfg, choice = precision.resolve(cfg, log)
-    resolved.update(chosen=choice.policy, reason=choice.reason, device=choice.device)
+    resolved.update(
+        chosen=choice.policy,
+        reason=choice.reason,
+        device=choice.device,
+        augment_on_device=choice.augment_on_device,
+        jit_compile=choice.jit_compile,
+    )
     out = Path(cfg.train.out_dir) if cfg.train.out_dir else None
     if out and distribute.is_chief_task(cfg.train):
         # Before the data is loaded: a refusal costs nothing.

@@ -1,6 +1,7 @@
 import dataclasses
 import json
 
+import keras
 import pytest
 
 from pipeline.config import Config
@@ -62,14 +63,23 @@ def test_resolve_prints_one_line_and_warns_on_emulated_bfloat16(monkeypatch):
     assert len(lines) == 1
 
 
-def test_auto_on_a_gpu_turns_on_device_augmentation_and_xla(monkeypatch):
+def test_auto_on_a_gpu_turns_on_device_augmentation_and_xla_and_says_so(monkeypatch):
     _machine(monkeypatch, EPYC_ZEN3, [(8, 0)])
-    cfg, choice = precision.resolve(Config(), lambda s: None)
+    lines = []
+    cfg, choice = precision.resolve(Config(), lines.append)
     assert (cfg.train.precision, cfg.data.augment_on_device, cfg.train.jit_compile) == (
         "mixed_bfloat16",
         True,
         True,
     )
+    assert choice.augment_on_device and choice.jit_compile
+    assert lines[0].endswith(
+        "with augmentation inside the compiled step and an XLA step, as on GPUs"
+    )
+    # Asked for explicitly, the precision is all that changes.
+    bf16 = dataclasses.replace(Config().train, precision="mixed_bfloat16")
+    cfg, choice = precision.resolve(dataclasses.replace(Config(), train=bf16), lambda s: None)
+    assert not (cfg.data.augment_on_device or cfg.train.jit_compile or choice.jit_compile)
     _machine(monkeypatch, EPYC_ZEN3, [])
     cfg, _ = precision.resolve(Config(), lambda s: None)
     assert not cfg.data.augment_on_device and not cfg.train.jit_compile
@@ -85,9 +95,22 @@ def test_a_run_records_the_choice(tmp_path, monkeypatch):
         "chosen": "float32",
         "reason": "CPU has no bfloat16 unit (amx_bf16 / avx512_bf16)",
         "device": "cpu",
+        "augment_on_device": False,
+        "jit_compile": False,
     }
     assert metrics["precision"] == "float32" and metrics["precision_choice"] == expected
     saved = json.loads((out / "config.json").read_text())
     assert saved["train"]["precision"] == "float32"
     assert saved["resolved"]["train.precision"] == expected
     assert json.loads((out / "metrics.json").read_text())["precision_choice"] == expected
+
+
+@pytest.mark.parametrize("use", ["policy_scope", "wrap_optimizer"])
+def test_building_refuses_a_precision_not_yet_decided(use):
+    # "auto" is decided once, by resolve; nothing downstream decides it again.
+    with pytest.raises(ValueError, match="auto.*undecided.*precision.resolve first"):
+        if use == "policy_scope":
+            with precision.policy_scope("auto"):
+                pass
+        else:
+            precision.wrap_optimizer(keras.optimizers.SGD(), "auto")
