@@ -53,8 +53,8 @@ class RunAction:
 class Controller:
     """Runs `trainer` from `start` to the run's end, calling `run_actions` in list order at
     each point, in step calls of at most `steps_per_call`. `stops` is the active stop
-    request (a `preemption.StopRequests`); `what_is_kept` says what a failed or stopped run leaves,
-    for messages."""
+    request (a `preemption.StopRequests`); `what_is_kept` says what a failed or stopped run
+    leaves, for messages."""
 
     def __init__(
         self,
@@ -64,19 +64,14 @@ class Controller:
         what_is_kept: Callable[[], str],
         steps_per_call: int,
     ):
-        self.trainer, self.run_actions, self.stops, self.what_is_kept = (
-            trainer,
-            run_actions,
-            stops,
-            what_is_kept,
-        )
-        self.steps_per_call = steps_per_call
+        self.trainer, self.run_actions, self.stops = trainer, run_actions, stops
+        self.what_is_kept, self.steps_per_call = what_is_kept, steps_per_call
 
     def run(self, start: int, history: list[dict], progress: Callable | None = None) -> None:
         """Trains epochs `start`.. of the run, appending each one's row to `history`.
 
         Raises:
-            NonFiniteLossError: naming the checkpoint what_is_kept.
+            NonFiniteLossError: naming the checkpoint kept.
             Preempted: once a stop agreed by every worker is saved.
         """
         trainer = self.trainer

@@ -101,7 +101,9 @@ def test_the_whitening_bias_rate_falls_to_zero_at_its_freeze_whatever_the_schedu
     for step in (0, 5, 10, 15, 20, 30):
         wanted = max(0.0, 1.0 - step / 20)  # lr * (1 - step / freeze)
         scale, other = (float(m) for m in multipliers(step))
-        assert scale * _lr(step, **vars(cfg)) == pytest.approx(wanted, abs=1e-6), step
+        assert scale * float(optim.lr_at(step, cfg, LENGTH)) == pytest.approx(wanted, abs=1e-6), (
+            step
+        )
         assert other == 1.0
     # The schedule at 0 (the last step of a decay to 0): no division by zero.
     ends_at_zero = OptimConfig(
