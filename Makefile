@@ -22,13 +22,13 @@ train: setup
 	$(BIN)/cifar-train --experiment challenge --data-dir $(DATA_DIR) \
 	  $(if $(CIFAR10_LOCAL),--local-copy $(CIFAR10_LOCAL)) --out runs/challenge $(TRAIN_ARGS)
 
-# The completed course notebook, executed in place with its outputs (README: Results).
+# The completed course notebook, executed in place with its outputs (docs/results.md).
 notebook: setup
 	$(BIN)/cifar-notebook --ipynb notebooks/cifar10_notebook.ipynb --data-dir $(DATA_DIR) \
 	  $(if $(CIFAR10_LOCAL),--local-copy $(CIFAR10_LOCAL))
 
 # Lint first (seconds), then two pytest-xdist workers, one a core: the process-bound tests
-# overlap (README: Tests). loadgroup keeps the tests of one shared run on one worker.
+# overlap (docs/tests.md). loadgroup keeps the tests of one shared run on one worker.
 test: setup lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 

@@ -1,6 +1,6 @@
 """Fast equivalents of two Keras layers that dominate a small convnet's step on CPU.
 
-Profiled on the challenge net (README, "Where the step's time goes"): Keras 3's
+Profiled on the challenge net (docs/performance.md): Keras 3's
 BatchNormalization computes moments and normalises in many separate elementwise ops
 (plus float32 casts under mixed precision), and exact GELU's gradient is a dozen more.
 These give the same numbers in far fewer passes over memory:

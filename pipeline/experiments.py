@@ -3,7 +3,7 @@
 The notebook's recipe for each of its models and the open challenge's presets are the same
 kind of thing. Each model has one best-known experiment, which `--model NAME` trains;
 `--experiment NAME` (alias `--preset`) picks any. Measured results are in the README's
-results section, not here.
+results table and docs/results.md, not here.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ cifar-bench peak [--dtypes float32,bfloat16] [--json OUT]
 `train` also prints each contender's GFLOP/s: images/s x 3 x the model's forward FLOPs per
 image (pipeline/compute.py).
 
-Measured figures live in the README's results section, with the commands that made them.
+Measured figures live in docs/results.md, with the commands that made them.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ ALLOWED = {
 }
 
 
-# Packages only some parts may import (README, "Layout"): the benchmarks are for
+# Packages only some parts may import (docs/layout.md): the benchmarks are for
 # `cifar-bench` alone, and production code never depends on them.
 PRIVATE = {"pipeline.bench": ("pipeline.bench", "scripts.bench")}
 
