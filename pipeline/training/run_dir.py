@@ -42,11 +42,9 @@ def read_data_record(run_dir: Path) -> dict | None:
 class RunDirectory:
     """Checkpoints, history, TensorBoard and curves under `out_dir` (None: nothing kept)."""
 
-    def __init__(
-        self, out_dir: str | None, chief: bool, keep: int, checkpoint, checkpoint_bytes: int = 0
-    ):
+    def __init__(self, out_dir: str | None, chief: bool, keep: int, checkpoint_bytes: int = 0):
         self.dir = Path(out_dir) if out_dir else None
-        self.chief = chief
+        self.chief, self.keep = chief, keep
         self.manager = self.writer = None
         self._saved_at: dict[str, str] = {}
         if self.dir and chief:
@@ -54,13 +52,17 @@ class RunDirectory:
             # Room for the checkpoints kept plus the one being written, and the small files.
             needed = checkpoint_bytes * (keep + 1) + SMALL_FILES_BYTES
             check_free_space(self.dir, needed, f"{keep} checkpoint(s) of this run")
+            self.writer = tf.summary.create_file_writer(str(self.dir / "tensorboard"))
+
+    def track(self, checkpoint: tf.train.Checkpoint) -> None:
+        """The run's checkpoint, which `restore` reads and `save` writes."""
         if self.dir:
             ckpt_dir = self.dir / "checkpoints"
-            if not chief:
+            if not self.chief:
                 ckpt_dir = Path(tempfile.mkdtemp(prefix="cifar-worker-ckpt-"))
-            self.manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir), max_to_keep=keep)
-            if chief:
-                self.writer = tf.summary.create_file_writer(str(self.dir / "tensorboard"))
+            self.manager = tf.train.CheckpointManager(
+                checkpoint, str(ckpt_dir), max_to_keep=self.keep
+            )
 
     def restore(self) -> list[dict]:
         """Restores the latest checkpoint (every worker reads the chief's, so all resume at

@@ -8,6 +8,7 @@ import tensorflow as tf
 from pipeline.config import ConfigError
 from pipeline.run_length import RunLength, is_due, steps_until_due
 from pipeline.training import actions, loop, run
+from pipeline.training.actions import POINTS
 from tests.conftest import tiny_config
 
 
@@ -39,42 +40,36 @@ def test_lookahead_moves_the_slow_copy_as_airbench94_and_ends_on_it():
     # slow = slow + (1 - decay) * (w - slow); w = slow.
     decay = 0.95**5 * 0.5**3
     assert look.decay(5) == pytest.approx(0.0967226, abs=1e-7)
-    look.after_steps(types.SimpleNamespace(global_step=5))
+    look(types.SimpleNamespace(global_step=5, last_step=False))
     np.testing.assert_allclose(kernel.numpy(), w0 + (1 - decay) * 1.0, rtol=1e-6)
     np.testing.assert_allclose(mean.numpy(), m0 + (1 - decay) * 2.0, rtol=1e-6)
     slow_kernel = kernel.numpy().copy()
     # After the last step the weights become the slow copy, which does not move.
     kernel.assign(w1 + 10.0)
-    look.end(types.SimpleNamespace(global_step=10))
+    look(types.SimpleNamespace(global_step=11, last_step=True))  # off its cadence
     np.testing.assert_allclose(kernel.numpy(), slow_kernel, rtol=1e-6)
     assert look.decay(10) == pytest.approx(0.95**5)
 
 
 class _Spy(actions.Action):
-    """Records the global step at each point it is called at."""
+    """Records the point and global step at each call: at the start, every `every` steps
+    and after the last step, as Lookahead and the freeze are called."""
 
     def __init__(self, every):
-        self.every, self.seen = every, []
+        self.when, self.seen = actions.When(("begin",), every_steps=every, last_step=True), []
 
-    def begin(self, trainer):
-        self.seen.append(("begin", trainer.global_step))
-
-    def after_steps(self, trainer):
-        self.seen.append(("after", trainer.global_step))
-
-    def end(self, trainer):
-        self.seen.append(("end", trainer.global_step))
+    def __call__(self, at):
+        self.seen.append((at.point, at.global_step))
 
 
 def _with_spy(monkeypatch, every):
     spy = _Spy(every)
-    made = actions.from_config
+    made = actions.state_actions
 
-    def from_config(cfg, model, length, strategy):
-        found = made(cfg, model, length, strategy)
-        return actions.Actions([*found.actions, spy], length)
+    def state_actions(cfg, model, length, strategy):
+        return [*made(cfg, model, length, strategy), spy]
 
-    monkeypatch.setattr(actions, "from_config", from_config)
+    monkeypatch.setattr(actions, "state_actions", state_actions)
     return spy
 
 
@@ -84,7 +79,7 @@ def test_the_controller_runs_actions_at_their_steps_across_epochs_and_calls(monk
     monkeypatch.setattr(loop, "STEPS_PER_CALL", 5)
     spy = _with_spy(monkeypatch, every=3)
     result = run.train(tiny_config(**{"train.epochs": 1.5}), log=lambda s: None)
-    assert spy.seen == [("begin", 0), *[("after", s) for s in (3, 6, 9, 12)], ("end", 12)]
+    assert spy.seen == [("begin", 0), *[("steps", s) for s in (3, 6, 9, 12)]]
     assert [r["epoch"] for r in result["history"]] == [1, 2]
 
 
@@ -141,11 +136,30 @@ def test_a_freeze_needs_a_whitening_stem():
         run.train(cfg, log=lambda s: None)
 
 
-def test_steps_to_next_action():
-    length = RunLength(48, 476)
-    both = actions.Actions([_Spy(5), _Spy(144)], length)
-    assert [both.steps_to_next(s) for s in (0, 3, 140, 143, 474)] == [5, 2, 4, 1, 1]
-    assert actions.Actions([], length).steps_to_next(470) == 6
+def _at(point="steps", **where):
+    base = dict(
+        global_step=0,
+        epoch=0,
+        epoch_step=0,
+        epoch_complete=False,
+        start_epoch=0,
+        last_step=False,
+        last_epoch=False,
+        stopping=False,
+    )
+    return types.SimpleNamespace(point=point, **{**base, **where})
+
+
+def test_steps_to_next_is_the_nearest_step_cadence():
+    when = actions.When(every_steps=5, every_epoch_steps=144)
+    assert [when.steps_to_next(_at(global_step=s, epoch_step=s)) for s in (0, 3, 140, 143)] == [
+        5,
+        2,
+        4,
+        1,
+    ]
+    assert when.steps_to_next(_at(global_step=474, epoch_step=2)) == 1
+    assert actions.When(points=POINTS).steps_to_next(_at(global_step=470)) is None
 
 
 def test_no_validation_images_train_and_score_on_test(tmp_path):
@@ -163,26 +177,28 @@ def test_one_cadence_helper_for_steps_and_epochs():
     assert not any(is_due(n, 0) for n in range(3)) and steps_until_due(7, 0) is None
 
 
-def test_after_call_runs_each_action_when_due_and_ends_them_at_the_last_step():
-    length = RunLength(4, 7)
-    every_3, never = _Spy(3), _Spy(0)
-    both = actions.Actions([every_3, never], length)
-    for step in range(1, 8):
-        both.after_call(types.SimpleNamespace(global_step=step))
-    assert every_3.seen == [("after", 3), ("after", 6), ("end", 7)]
-    assert never.seen == [("end", 7)]
+def test_when_is_due_at_its_points_its_step_cadences_and_the_last_step():
+    every_3 = actions.When(every_steps=3, last_step=True)
+    due = [s for s in range(1, 8) if every_3.due(_at(global_step=s, last_step=s == 7))]
+    assert due == [3, 6, 7]
+    assert not actions.When().due(_at(global_step=6, last_step=True))
+    assert actions.When(points=("epoch_end",)).due(_at("epoch_end"))
+    assert not actions.When(points=("epoch_end",)).due(_at("after_epoch"))
+    # Inside an epoch only: its end has its own cadence.
+    inside = actions.When(every_epoch_steps=4)
+    assert inside.due(_at(global_step=12, epoch_step=4))
+    assert not inside.due(_at(global_step=16, epoch_step=8, epoch_complete=True))
+    assert not inside.due(_at("after_epoch", global_step=16, epoch_step=8))
 
 
-def test_the_actions_state_is_named_by_action_and_key():
-    class Holds(actions.Action):
-        def __init__(self, **state):
-            self._state = state
-
-        def state(self):
-            return self._state
-
-    held = actions.Actions([Holds(a=1), actions.Action(), Holds(b=2, c=3)], RunLength(1, 1))
-    assert held.state() == {"action_a": 1, "action_b": 2, "action_c": 3}
+def test_the_epoch_cadence_counts_from_the_start_and_takes_the_last_epoch_and_a_stop():
+    when = actions.When(every_epochs=2, last_epoch=True, stopping=True)
+    after = lambda epoch, **kw: _at("after_epoch", epoch=epoch, start_epoch=1, **kw)  # noqa: E731
+    assert [e for e in range(2, 7) if when.due(after(e))] == [3, 5]
+    assert when.due(after(4, last_epoch=True)) and when.due(after(4, stopping=True))
+    plain = actions.When(every_epochs=2)
+    assert not plain.due(after(4, last_epoch=True)) and not plain.due(after(4, stopping=True))
+    assert not actions.When(last_epoch=True).due(_at("steps", last_epoch=True))
 
 
 def test_a_freeze_holds_at_every_point_including_a_resume_past_it():
@@ -190,14 +206,16 @@ def test_a_freeze_holds_at_every_point_including_a_resume_past_it():
     freeze = actions.FreezeAfter([bias], freeze_step=6)
     for point, step, trained in [
         ("begin", 0, True),
-        ("after_steps", 5, True),
-        ("after_steps", 6, False),
+        ("steps", 5, True),
+        ("steps", 6, False),
         ("begin", 9, False),
     ]:
         bias.trainable = not trained  # whatever it was before
-        getattr(freeze, point)(types.SimpleNamespace(global_step=step))
+        at = _at(point, global_step=step)
+        assert freeze.when.due(at) is (point == "begin" or step == 6), (point, step)
+        freeze(at)
         assert bias.trainable is trained, (point, step)
-    assert freeze.freeze_step == freeze.every == 6 and freeze.state() == {}
+    assert freeze.freeze_step == 6 and freeze.state() == {}
 
 
 def _whitening_model(use_bias=True):
@@ -206,17 +224,16 @@ def _whitening_model(use_bias=True):
     return keras.Model(inputs, keras.layers.Dense(2)(keras.layers.Flatten()(x)))
 
 
-def test_from_config_freezes_first_then_looks_ahead_on_the_runs_steps():
+def test_the_freeze_comes_first_then_lookahead_on_the_runs_steps():
     model = _whitening_model()
     cfg = tiny_config(**{"optim.whiten_bias_epochs": 0.5, "optim.lookahead_every_steps": 5})
     length = RunLength(48, 476)
-    made = actions.from_config(cfg, model, length, tf.distribute.get_strategy())
-    freeze, look = made.actions
+    freeze, look = actions.state_actions(cfg, model, length, tf.distribute.get_strategy())
     assert isinstance(freeze, actions.FreezeAfter) and freeze.freeze_step == 24  # 0.5 x 48
     assert freeze.variables == [model.get_layer("whiten").bias]
     assert isinstance(look, actions.Lookahead) and (look.every, look.total) == (5, 476)
-    assert made.length is length
-    assert actions.from_config(tiny_config(), model, length, None).actions == []
+    assert look.when == actions.When(every_steps=5, last_step=True)
+    assert actions.state_actions(tiny_config(), model, length, None) == []
 
 
 # Built in the test, not at collection: mutmut forks its workers from a process that
@@ -225,4 +242,4 @@ def test_from_config_freezes_first_then_looks_ahead_on_the_runs_steps():
 def test_a_freeze_without_a_whitening_bias_says_how_to_fix_it(make_model):
     cfg = tiny_config(**{"optim.whiten_bias_epochs": 1.0})
     with pytest.raises(ConfigError, match="stem=whiten, or set optim.whiten_bias_epochs=0"):
-        actions.from_config(cfg, make_model(), RunLength(8, 8), None)
+        actions.state_actions(cfg, make_model(), RunLength(8, 8), None)

@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from pipeline.training import loop, run, steps
+from pipeline.training import run, steps, trainer
 from tests.conftest import tiny_config
 from tests.processes import checkpoint_steps
 
@@ -14,15 +14,15 @@ def test_a_set_stop_flag_ends_the_call_before_its_next_step():
     model = run.build(cfg, strategy)
     length = inputs.run_length(1)
     flag = tf.Variable(False)
-    trainer = loop.Trainer(model, inputs, cfg, strategy, length, flag)
-    trainer.start(0)
-    assert trainer.train_steps(3) == 3
+    fitted = trainer.Trainer(model, inputs, cfg, strategy, length, flag)
+    data = iter(strategy.distribute_datasets_from_function(inputs.train_dataset_fn(length)))
+    assert fitted.train(3, data) == 3
     flag.assign(True)
     before = [v.numpy() for v in model.trainable_variables]
-    assert trainer.train_steps(3) == 0
+    assert fitted.train(3, data) == 0
     for a, b in zip(before, model.trainable_variables, strict=True):
         np.testing.assert_array_equal(a, b.numpy())
-    assert trainer.epoch_step == 3
+    assert fitted.steps_recorded == 3 and int(fitted.optimizer.iterations) == 3
     assert not steps.agreed_flag(None, strategy)()
 
 

@@ -15,7 +15,7 @@ from pipeline import experiments
 from pipeline.config import OptimConfig
 from pipeline.errors import NonFiniteLossError
 from pipeline.run_length import RunLength, run_length
-from pipeline.training import keras_fit, loop, optim, precision, run, steps
+from pipeline.training import keras_fit, loop, optim, precision, run, steps, trainer
 from tests.conftest import TINY, tiny_config
 from tests.processes import latest_checkpoint_step, run_training, start_training, wait_for
 
@@ -257,17 +257,17 @@ def test_each_steps_loss_survives_a_resume_from_the_middle_of_an_epoch(tmp_path,
         tiny_config(**recipe, **{"train.out_dir": str(tmp_path / "full")}), log=lambda s: None
     )
     cfg = tiny_config(**recipe, **{"train.out_dir": str(tmp_path / "resumed")})
-    original = loop.Trainer.train_steps
+    original = trainer.Trainer.train
 
-    def dies_at_step_11(self, limit, progress=None):
-        if self.global_step == 11:
+    def dies_at_step_11(self, n, data):
+        if int(self.optimizer.iterations) == 11:
             raise KeyboardInterrupt  # a crash: nothing more is saved
-        return original(self, limit, progress)
+        return original(self, n, data)
 
-    monkeypatch.setattr(loop.Trainer, "train_steps", dies_at_step_11)
+    monkeypatch.setattr(trainer.Trainer, "train", dies_at_step_11)
     with pytest.raises(KeyboardInterrupt):
         run.train(cfg, log=lambda s: None)
-    monkeypatch.setattr(loop.Trainer, "train_steps", original)
+    monkeypatch.setattr(trainer.Trainer, "train", original)
     latest = tf.train.latest_checkpoint(str(tmp_path / "resumed" / "checkpoints"))
     assert latest.endswith("ckpt-11"), latest
     logs = []
@@ -623,7 +623,7 @@ def test_a_finished_run_rerun_says_so_and_trains_nothing(tmp_path):
 def test_a_signal_during_the_final_evaluation_stops_with_a_message(tmp_path, monkeypatch):
     from pipeline.errors import Preempted
 
-    original = loop.Trainer.finish
+    original = trainer.Trainer.finish
 
     def signalled_while_evaluating(self):
         os.kill(os.getpid(), signal.SIGTERM)  # the handler is installed: no exit here
@@ -631,7 +631,7 @@ def test_a_signal_during_the_final_evaluation_stops_with_a_message(tmp_path, mon
         time.sleep(0.5)  # the watcher thread reads the signal
         return result
 
-    monkeypatch.setattr(loop.Trainer, "finish", signalled_while_evaluating)
+    monkeypatch.setattr(trainer.Trainer, "finish", signalled_while_evaluating)
     cfg = tiny_config(**{"train.out_dir": str(tmp_path)})
     with pytest.raises(Preempted, match="during the final evaluation; training had finished"):
         run.train(cfg, log=lambda s: None)
