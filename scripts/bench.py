@@ -31,14 +31,15 @@ import sys
 from pipeline.bench import benchmark
 from pipeline.config import Config, choices
 from pipeline.files import write_json
-from scripts.common import (
+from pipeline.runtime import hardware
+from scripts.exits import run_cli
+from scripts.flags import (
     add_data_args,
     add_experiment_args,
     add_override_arg,
     apply_flags,
     command_parser,
     experiment_config,
-    run_cli,
 )
 
 _MODEL = "functional_three_layer_convnet"  # without --model or --preset
@@ -158,7 +159,6 @@ def _forward_flops(cfg: Config) -> int:
 
 def bench_peak(args) -> dict:
     from pipeline.bench import peak  # noqa: PLC0415 - imports TensorFlow
-    from pipeline.training import precision  # noqa: PLC0415
 
     results = {}
     for dtype in [d.strip() for d in args.dtypes.split(",") if d.strip()]:
@@ -168,7 +168,7 @@ def bench_peak(args) -> dict:
             f"weight gradient {r['weight_gradient']:,.0f} GFLOP/s",
             flush=True,
         )
-    return {"results": results, "cpu": precision.cpu_model(), "shape": peak.SHAPE}
+    return {"results": results, "cpu": hardware.cpu_model(), "shape": peak.SHAPE}
 
 
 def bench_profile(args) -> dict:
@@ -188,15 +188,13 @@ def bench_profile(args) -> dict:
 
 def _settings(args, cfg: Config, choice) -> dict:
     """What a training measurement ran: net, precision and why, CPU, batch."""
-    from pipeline.training import precision  # noqa: PLC0415
-
     return {
         "experiment": args.experiment,
         "model": cfg.model.name,
         "params": cfg.model.params,
         "precision": cfg.train.precision,
         "precision_reason": choice.reason,
-        "cpu": precision.cpu_model(),
+        "cpu": hardware.cpu_model(),
         "batch_size": cfg.data.batch_size,
     }
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from pipeline.config import DataConfig
 from pipeline.data import sources as data
-from scripts.common import command_parser, run_cli
+from scripts.exits import run_cli
+from scripts.flags import command_parser
 
 
 def parse(argv=None) -> argparse.Namespace:

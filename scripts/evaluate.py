@@ -19,7 +19,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from scripts.common import command_parser, run_cli
+from scripts.exits import run_cli
+from scripts.flags import command_parser
 
 
 def parse(argv=None) -> argparse.Namespace:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.files import check_target
-from scripts.common import command_parser, run_cli
+from scripts.exits import run_cli
+from scripts.flags import command_parser
 
 
 def parse(argv=None) -> argparse.Namespace:

@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 from pipeline.files import write_atomic, write_json
-from scripts.common import add_data_args, apply_flags, command_parser, run_cli
+from scripts.exits import run_cli
+from scripts.flags import add_data_args, apply_flags, command_parser
 
 
 def parse(argv=None) -> argparse.Namespace:

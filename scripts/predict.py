@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from pipeline.errors import EXIT_USER_ERROR, UserError
-from scripts.common import command_parser, run_cli
+from scripts.exits import run_cli
+from scripts.flags import command_parser
 
 
 def parse(argv=None) -> argparse.Namespace:

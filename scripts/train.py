@@ -33,17 +33,17 @@ from pipeline.config import (
     to_record,
     valid_keys,
 )
-from scripts.common import (
+from scripts.exits import run_cli
+from scripts.flags import (
     add_data_args,
     add_experiment_args,
     add_local_workers_args,
     add_override_arg,
     apply_flags,
-    before_local_launch,
     command_parser,
     experiment_config,
-    run_cli,
 )
+from scripts.local_launch import before_local_launch
 
 FLAGS = {  # flag -> config key
     "epochs": "train.epochs",

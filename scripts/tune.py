@@ -29,16 +29,16 @@ import os
 import sys
 
 from pipeline.config import Config, choices, parse_overrides
-from scripts.common import (
+from scripts.exits import run_cli
+from scripts.flags import (
     add_data_args,
     add_local_workers_args,
     add_override_arg,
     apply_flags,
-    before_local_launch,
     command_parser,
     data_overrides,
-    run_cli,
 )
+from scripts.local_launch import before_local_launch
 from tuning import TUNERS
 from tuning.space import DEFAULT_SPACE, SPACES
 from tuning.space import get as get_space

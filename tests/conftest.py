@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-# Tests run the kernels the console scripts run (scripts/common.run_cli); this must precede
+# Tests run the kernels the console scripts run (scripts/exits.run_cli); this must precede
 # TensorFlow's import.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 

@@ -16,8 +16,7 @@ from pipeline.data import sources
 from pipeline.data.datasets import Inputs
 from pipeline.errors import UserError
 from pipeline.run_length import RunLength
-from pipeline.training import checkpoint_layout, export, optim, run, steps
-from pipeline.training import run_dir as run_dir_files
+from pipeline.training import checkpoint_layout, data_record, export, optim, run, steps
 
 
 class RunDirError(UserError):
@@ -89,7 +88,7 @@ def restore_run(run_dir: str | Path, test_split: bool = True, data_dir: str | No
             f"{latest} does not hold the {cfg.model.name} (params {cfg.model.params}) that "
             f"{config_path} describes, so it cannot be restored: {str(e).splitlines()[0]}"
         ) from e
-    record = run_dir_files.read_data_record(run_dir)
+    record = data_record.read_data_record(run_dir)
     recalibrate = bool(cfg.optim.ema_decay and cfg.train.bn_recalibration_batches)
     if record is None or recalibrate:
         inputs = run.prepare(cfg)[1]  # the whole dataset, as the run saw it

@@ -7,13 +7,11 @@ import contextlib
 import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import keras
 
-# CPU flags of bfloat16 matrix units: Intel AMX (Sapphire Rapids on) and AVX512-BF16
-# (Cooper Lake, AMD Zen 4). Without them bfloat16 is emulated: 5-10x slower than float32.
-BF16_CPU_FLAGS = ("amx_bf16", "avx512_bf16")
+from pipeline.runtime import hardware
+from pipeline.runtime.hardware import BF16_CPU_FLAGS
 
 
 @dataclass(frozen=True)
@@ -55,57 +53,10 @@ def choose(
         return Choice(
             "float32", "CPU flags unknown (no /proc/cpuinfo), so the safe float32", device
         )
-    found = bf16_units(cpu_flags)
+    found = hardware.bf16_units(cpu_flags)
     if found:
         return Choice("mixed_bfloat16", f"CPU has {' and '.join(found)}", device)
     return Choice("float32", f"CPU has no bfloat16 unit ({' / '.join(BF16_CPU_FLAGS)})", device)
-
-
-def bf16_units(flags: frozenset[str]) -> list[str]:
-    """Which of the bfloat16 unit flags the CPU has (none: bfloat16 is emulated)."""
-    return [f for f in BF16_CPU_FLAGS if f in flags]
-
-
-def _cpuinfo_field(names: tuple[str, ...], cpuinfo: str | Path) -> str | None:
-    """The first CPU's value of the first field in `names` (Linux); None where unreadable."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in names:  # exact: "model" must not match "model name"
-            return value.strip()
-    return None
-
-
-def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str] | None:
-    """The first CPU's feature flags (Linux); None where they cannot be read."""
-    flags = _cpuinfo_field(("flags", "Features"), cpuinfo)
-    return None if flags is None else frozenset(flags.split())
-
-
-def cpu_model(cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
-    """The CPU as every measured figure states it: its model name, family and model
-    numbers (the flags alone do not tell a Zen 4 from a Zen 5) and its bfloat16 units;
-    None where unknown."""
-    name = _cpuinfo_field(("model name",), cpuinfo)
-    if name is None:
-        return None
-    family, model = (_cpuinfo_field((key,), cpuinfo) or "?" for key in ("cpu family", "model"))
-    flags = cpu_flags(cpuinfo) or frozenset()
-    units = ", ".join(f for f in BF16_CPU_FLAGS if f in flags) or "no bfloat16 units"
-    return f"{name} (family {family}, model {model}; {units})"
-
-
-def gpu_capabilities() -> list[tuple[int, int]]:
-    import tensorflow as tf  # noqa: PLC0415 - only when resolving
-
-    capabilities = []
-    for gpu in tf.config.list_physical_devices("GPU"):
-        cc = tf.config.experimental.get_device_details(gpu).get("compute_capability")
-        capabilities.append(tuple(cc) if cc else (0, 0))
-    return capabilities
 
 
 def resolve(cfg, log: Callable[[str], None] = print):
@@ -116,8 +67,8 @@ def resolve(cfg, log: Callable[[str], None] = print):
     trainers rely on: augmentation inside the compiled step and an XLA-compiled step; the
     line says so. Warns when bfloat16 is asked for on a CPU that can only emulate it.
     """
-    flags = cpu_flags()
-    choice = choose(cfg.train.precision, flags, gpu_capabilities())
+    flags = hardware.cpu_flags()
+    choice = choose(cfg.train.precision, flags, hardware.gpu_capabilities())
     changes = {"train": dataclasses.replace(cfg.train, precision=choice.policy)}
     also = ""
     if choice.augment_on_device or choice.jit_compile:
@@ -125,7 +76,7 @@ def resolve(cfg, log: Callable[[str], None] = print):
         changes["train"] = dataclasses.replace(changes["train"], jit_compile=True)
         also = "; with augmentation inside the compiled step and an XLA step, as on GPUs"
     log(f"precision: {choice.policy} ({choice.reason}){also}")
-    emulated = flags is not None and not bf16_units(flags)
+    emulated = flags is not None and not hardware.bf16_units(flags)
     if choice.policy == "mixed_bfloat16" and choice.device == "cpu" and emulated:
         log(
             "warning: this CPU has no bfloat16 unit, so mixed_bfloat16 runs about 5-10x "

@@ -17,7 +17,7 @@ from pipeline.data.datasets import Inputs, make_inputs
 from pipeline.errors import UserError
 from pipeline.files import write_json
 from pipeline.runtime import distribute, out_claim
-from pipeline.training import export, loop, precision, run_dir
+from pipeline.training import data_record, export, loop, precision
 from pipeline.training.keras_fit import fit_with_keras
 
 
@@ -110,7 +110,7 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
         # (from_dict skips them).
         records = {"train.precision": resolved, "train.budget_pflops": cost.record()}
         write_json(out / "config.json", to_record(cfg, resolved=records))
-        run_dir.write_data_record(out, inputs.splits)
+        data_record.write_data_record(out, inputs.splits)
     length = inputs.length_for_config(cfg.train)
     log(
         f"{cfg.model.name}: {count_params(model):,} parameters, {strategy.num_replicas_in_sync}"

@@ -1,6 +1,6 @@
-"""A run's folder: checkpoints to restore and save, history.json, TensorBoard scalars and
-curves.png. Only the chief writes; other workers checkpoint to a private folder, since
-saving is collective."""
+"""A run's folder while it trains: checkpoints to restore and save, history.json,
+TensorBoard scalars and curves.png (data.json: `data_record`). Only the chief writes; other
+workers checkpoint to a private folder, since saving is collective."""
 
 from __future__ import annotations
 
@@ -14,29 +14,6 @@ from pipeline.files import write_json
 from pipeline.runtime.out_claim import check_free_space
 
 SMALL_FILES_BYTES = 8 * 2**20  # history, curves, TensorBoard events, config, metrics
-
-
-DATA_RECORD = "data.json"  # what the model was trained on, beside config.json
-
-
-def write_data_record(out: Path, splits) -> None:
-    """The normalisation statistics and class names the model was trained with, so that
-    restoring it (export, predict, eval) needs neither the dataset nor the network."""
-    write_json(
-        out / DATA_RECORD,
-        {
-            "mean": [float(v) for v in splits.mean],
-            "std": [float(v) for v in splits.std],
-            "class_names": list(splits.class_names),
-            "train_examples": len(splits.train.labels),
-        },
-    )
-
-
-def read_data_record(run_dir: Path) -> dict | None:
-    """`write_data_record`'s content; None for a run written before it existed."""
-    path = Path(run_dir) / DATA_RECORD
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 class RunDirectory:

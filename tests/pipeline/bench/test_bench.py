@@ -74,20 +74,3 @@ def test_the_conv_peak_times_the_forward_conv_and_both_gradients():
     r = peak.conv_peak("float32", repeats=1, calls=1, shape=shape)
     assert r["flops_per_op"] == 2 * 4 * 8 * 8 * 9 * 16 * 16
     assert all(r[k] > 0 for k in ("forward", "input_gradient", "weight_gradient"))
-
-
-def test_the_cpu_is_named_with_its_family_model_and_bfloat16_units(tmp_path):
-    from pipeline.training import precision
-
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text(
-        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
-        "model name\t: AMD EPYC 9R14\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
-    )
-    assert precision.cpu_model(cpuinfo) == "AMD EPYC 9R14 (family 25, model 17; avx512_bf16)"
-    cpuinfo.write_text(
-        "cpu family\t: 23\nmodel\t\t: 49\nmodel name\t: AMD EPYC 7B12\nflags\t: avx2\n"
-    )
-    assert precision.cpu_model(cpuinfo) == (
-        "AMD EPYC 7B12 (family 23, model 49; no bfloat16 units)"
-    )

@@ -5,6 +5,7 @@ import keras
 import pytest
 
 from pipeline.config import Config
+from pipeline.runtime import hardware
 from pipeline.training import precision, run
 from tests.conftest import tiny_config
 
@@ -33,16 +34,9 @@ def test_choose_by_hardware(requested, flags, gpus, policy, reason):
     assert choice.device == ("gpu" if gpus else "cpu")
 
 
-def test_cpu_flags_read_from_cpuinfo(tmp_path):
-    info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nmodel name\t: X\nflags\t\t: fpu avx2 amx_bf16\n\n")
-    assert precision.cpu_flags(info) == {"fpu", "avx2", "amx_bf16"}
-    assert precision.cpu_flags(tmp_path / "missing") is None
-
-
 def _machine(monkeypatch, flags, gpus):
-    monkeypatch.setattr(precision, "cpu_flags", lambda: flags)
-    monkeypatch.setattr(precision, "gpu_capabilities", lambda: gpus)
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(hardware, "gpu_capabilities", lambda: gpus)
 
 
 def test_resolve_prints_one_line_and_warns_on_emulated_bfloat16(monkeypatch):

@@ -4,7 +4,7 @@ from pipeline.config import ConfigError
 from pipeline.data.cifar_files import DataError
 from pipeline.errors import NonFiniteLossError, UserError
 from pipeline.runtime.distribute import StrategyError
-from scripts.common import run_cli
+from scripts.exits import run_cli
 
 
 def _exit_code(error: Exception) -> int:

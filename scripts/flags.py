@@ -1,25 +1,9 @@
-"""Argument parsing shared by the console scripts: data flags, overrides, and the exit codes
-(user error 2, diverged 3, worker lost 4, stopped by a signal 128 + its number; any other
-exception is a bug and keeps its traceback)."""
+"""The console scripts' shared flags: parsers, the data and experiment flags, `--set`, and
+the flag tables (flag -> dotted config key) that `apply_flags` applies."""
 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
-from collections.abc import Callable
-
-from pipeline.errors import (
-    EXIT_DIVERGED,
-    EXIT_INTERRUPTED,
-    EXIT_USER_ERROR,
-    EXIT_WORKER_LOST,
-    NonFiniteLossError,
-    Preempted,
-    UserError,
-    WorkerLostError,
-)
 
 
 def command_parser(prog: str, doc: str) -> argparse.ArgumentParser:
@@ -124,67 +108,3 @@ def apply_flags(cfg, args: argparse.Namespace, flags: dict[str, str], always: di
 
     updates = {**(always or {}), **data_overrides(args), **given_flags(args, flags)}
     return override(override(cfg, updates), parse_overrides(getattr(args, "set", [])))
-
-
-def run_cli(main: Callable[[], int | None]) -> Callable[[], int]:
-    """Wraps a CLI body: a `UserError` prints one clear line and exits 2, a
-    `NonFiniteLossError` exits 3; anything else propagates with its traceback."""
-
-    def wrapped() -> int:
-        # Quiet TensorFlow's C++ start-up chatter unless the user asked for it.
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        # TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX-512 VNNI,
-        # BF16 or AMX; elsewhere they make the step faster too (docs/experiments.md,
-        # "Speed"). Read at TensorFlow's import.
-        os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-        # A line at a time into logs (nohup, SLURM, CI), not a block at the end.
-        if hasattr(sys.stdout, "reconfigure"):
-            sys.stdout.reconfigure(line_buffering=True)
-        try:
-            return main() or 0
-        except UserError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_USER_ERROR
-        except NonFiniteLossError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_DIVERGED
-        except WorkerLostError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return EXIT_WORKER_LOST
-        except Preempted as e:
-            if sys.stdout.isatty():  # end the progress bar's line: the message gets its own
-                print(flush=True)
-            print(str(e), file=sys.stderr)
-            return e.exit_code
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
-
-    return wrapped
-
-
-def before_local_launch(out: str | None, data) -> None:
-    """What a `--local-workers` launcher does before it starts its processes: claims
-    `out` for them, and makes tfds CIFAR-10 ready (`cifar-data prepare`) in a child
-    process, so that this one stays free of TensorFlow's threads (launch.py needs a single
-    thread) and the processes, in a namespace without network, find it."""
-    from pipeline.runtime import out_claim  # noqa: PLC0415 - no TensorFlow
-
-    if out:
-        out_claim.claim(out)
-    _prepare_data_in_child(data)
-
-
-def _prepare_data_in_child(cfg) -> None:
-    if cfg.source != "tfds":
-        return
-    cmd = [sys.executable, "-m", "scripts.data", "prepare"]
-    if cfg.data_dir:
-        cmd += ["--data-dir", cfg.data_dir]
-    if cfg.local_copy:
-        cmd += ["--local-copy", cfg.local_copy]
-    if not cfg.download:
-        cmd.append("--no-download")
-    done = subprocess.run(cmd, stdout=subprocess.DEVNULL)
-    if done.returncode:
-        raise SystemExit(done.returncode)  # its error is on stderr already
