@@ -20,17 +20,16 @@ def lr_at(step, cfg: OptimConfig, length: RunLength):
     total_steps = length.total_steps
     warmup = float(length.steps_for(cfg.warmup_epochs, at_least=0))
     peak, final = cfg.lr, cfg.lr * cfg.final_lr_fraction
-    if cfg.schedule == "constant" and warmup == 0:
-        return tf.fill([], tf.constant(peak, tf.float32))
     start = cfg.warmup_start_fraction
-    up = peak * (start + (1.0 - start) * tf.minimum(1.0, step / max(warmup, 1.0)))
+    # Only read while step < warmup, so warmup >= 1 there (without one it is not read).
+    up = peak * (start + (1.0 - start) * (step / max(warmup, 1.0)))
     progress = tf.clip_by_value((step - warmup) / max(total_steps - warmup, 1.0), 0.0, 1.0)
     if cfg.schedule == "cosine":
         down = final + (peak - final) * 0.5 * (1.0 + tf.cos(math.pi * progress))
     elif cfg.schedule == "onecycle":  # linear up, linear down (airbench's triangle)
         down = peak + (final - peak) * progress
     else:
-        down = tf.fill([], tf.constant(peak, tf.float32))
+        down = peak * tf.ones_like(progress)
     return tf.where(step < warmup, up, down)
 
 
@@ -125,9 +124,9 @@ def rate_multipliers(variables: list, cfg: OptimConfig, length: RunLength):
         for v in variables
     ]
     ramp = [cfg.whiten_bias_lr == "to_zero" and is_whitening_bias(v) for v in variables]
-    if all(k == 1.0 for k in constant_scales) and not any(ramp):
-        return None
-    freeze = float(length.steps_for(cfg.whiten_bias_epochs)) if any(ramp) else 1.0
+    if not any(ramp):
+        return None if all(k == 1.0 for k in constant_scales) else lambda step: constant_scales
+    freeze = float(length.steps_for(cfg.whiten_bias_epochs))
 
     def multipliers(step):
         step = tf.cast(step, tf.float32)

@@ -145,19 +145,6 @@ def test_a_stop_on_a_cadence_step_is_saved_once():
     assert run_dir.saved == [(3, "epoch 1, step 3/8")]
 
 
-def test_fit_hands_the_run_to_the_controller_with_its_actions_in_order(monkeypatch):
-    made = []
-    original = controller.Controller.__init__
-
-    def spy_init(self, fitted, inputs, run_actions, *args):
-        made.append([type(a).__name__ for a in run_actions])
-        original(self, fitted, inputs, run_actions, *args)
-
-    monkeypatch.setattr(controller.Controller, "__init__", spy_init)
-    run.train(tiny_config(), log=lambda s: None)
-    assert made == [["Validate", "Record", "Checkpoints", "Report"]]
-
-
 def test_a_stop_agreed_during_an_epochs_validation_is_saved_off_the_cadence():
     # Checkpoints every 2 epochs: epoch 1's end is off the cadence, but a stop agreed while
     # it validates (after its last step) must still leave a checkpoint of epoch 1.
@@ -190,24 +177,3 @@ def test_the_run_state_names_the_position_and_each_actions_state():
     state = run_loop.state()
     assert sorted(state) == ["action_a", "action_b", "action_c", "epoch", "epoch_step"]
     assert (state["action_a"], state["action_b"], state["action_c"]) == (1, 2, 3)
-
-
-def test_without_a_terminal_progress_is_a_timed_line_with_rate_and_time_left(capsys):
-    # 8 steps an epoch in calls of 3 (a checkpoint every 3 steps): lines after steps 3
-    # and 6; the epoch's own summary closes it (no line at step 8).
-    import pathlib
-    import tempfile
-
-    cfg = tiny_config(
-        **{
-            "train.progress": "auto",
-            "train.progress_every_seconds": 0.0,
-            "train.checkpoint_every_steps": 3,
-            "train.out_dir": tempfile.mkdtemp(),
-        }
-    )
-    run.train(cfg, log=lambda s: None)
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch 1/1 ")]
-    assert [line.split()[3] for line in lines] == ["3/8", "6/8"], lines
-    assert all("loss" in line and "images/s" in line and "epoch ends in" in line for line in lines)
-    assert pathlib.Path(cfg.train.out_dir).is_dir()

@@ -43,6 +43,20 @@ def test_cosine_falls_by_half_a_cosine_without_warm_up():
     assert [_lr(s, **cfg) for s in (0, 25, 40, 50)] == pytest.approx(expected, abs=1e-6)
 
 
+def test_cosine_ends_on_its_final_fraction():
+    cfg = dict(lr=2.0, schedule="cosine", final_lr_fraction=0.25)
+    # final 0.5 + (2.0 - 0.5) * (1 + cos(pi * progress)) / 2: 2.0, 1.25 halfway, 0.5 at 50.
+    assert [_lr(s, **cfg) for s in (0, 25, 50)] == pytest.approx([2.0, 1.25, 0.5], abs=1e-6)
+
+
+def test_a_decay_of_one_step_reaches_its_final_rate_after_it():
+    # 49 warm-up steps of 50: the decay spans one step, so after it (the rate a history row
+    # records) the rate is final, not halfway there.
+    cfg = OptimConfig(lr=1.0, schedule="onecycle", warmup_epochs=4.9, final_lr_fraction=0.1)
+    assert float(optim.lr_at(50, cfg, LENGTH)) == pytest.approx(0.1)
+    assert float(optim.lr_at(49, cfg, LENGTH)) == pytest.approx(1.0)
+
+
 def test_constant_holds_the_peak_with_or_without_a_warm_up():
     assert [_lr(s, lr=0.3) for s in (0, 49)] == pytest.approx([0.3, 0.3])
     cfg = dict(lr=0.4, warmup_epochs=0.5, warmup_start_fraction=0.5)  # 5 steps up
