@@ -24,6 +24,7 @@ def test_lookahead_moves_the_slow_copy_as_airbench94_and_ends_on_it():
     model = _bn_model()
     strategy = tf.distribute.get_strategy()
     look = actions.Lookahead(model, every=5, total_steps=10, strategy=strategy)
+    assert all(not slow.trainable and "lookahead_slow" in slow.name for slow in look.slow)
     names = sorted(v.path for v in look.variables)
     # Every float variable, BN statistics included (airbench94's state_dict); no int state.
     assert names == ["bn/beta", "bn/gamma", "bn/moving_mean", "bn/moving_variance"] + [
@@ -53,6 +54,8 @@ def test_lookahead_moves_the_slow_copy_as_airbench94_and_ends_on_it():
 
 def _at(point="steps", **where):
     base = dict(
+        trainer=None,
+        history=[],
         global_step=0,
         epoch=0,
         epoch_step=0,
@@ -145,8 +148,86 @@ def test_the_freeze_comes_first_then_lookahead_on_the_runs_steps():
 
 # Built in the test, not at collection: mutmut forks its workers from a process that
 # collected the tests, and TensorFlow hangs in a fork of a process that ran ops.
-@pytest.mark.parametrize("make_model", [lambda: _whitening_model(use_bias=False), object])
+def _flatten_named_whiten():
+    inputs = keras.Input((8, 8, 3))
+    return keras.Model(inputs, keras.layers.Flatten(name="whiten")(inputs))
+
+
+@pytest.mark.parametrize(
+    "make_model",
+    [lambda: _whitening_model(use_bias=False), _flatten_named_whiten, object, _bn_model],
+)
 def test_a_freeze_without_a_whitening_bias_says_how_to_fix_it(make_model):
     cfg = tiny_config(**{"optim.whiten_bias_epochs": 1.0})
-    with pytest.raises(ConfigError, match="stem=whiten, or set optim.whiten_bias_epochs=0"):
+    wanted = (
+        "^optim.whiten_bias_epochs freezes the whitening stem's bias, and this model has "
+        "none: use custom_convnet with model.params.stem=whiten, or set "
+        "optim.whiten_bias_epochs=0$"
+    )
+    with pytest.raises(ConfigError, match=wanted):
         actions.state_actions(cfg, make_model(), RunLength(8, 8), None)
+
+
+class _Hooks:
+    """A keras CallbackList that records its calls."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        return lambda *args: self.calls.append((name, *args))
+
+
+def test_report_logs_each_epochs_line_and_calls_the_keras_hooks():
+    hooks, lines = _Hooks(), []
+    report = actions.Report(hooks, lines.append)
+    row = {"epoch": 2, "train_loss": 1.5, "train_accuracy": 0.25, "seconds": 3.0}
+    trainer = types.SimpleNamespace(length=RunLength(8, 40))  # 5 epochs
+    for point, epoch in [("begin", 0), ("epoch_begin", 1), ("after_epoch", 2), ("end", 5)]:
+        at = _at(point, epoch=epoch, trainer=trainer, history=[row])
+        assert report.when.due(at)
+        report(at)
+    assert not report.when.due(_at("epoch_end")) and not report.when.due(_at("steps"))
+    assert lines == ["epoch 2/5  train loss 1.5000 acc 0.2500  3.0s"]
+    assert hooks.calls == [
+        ("on_train_begin",),
+        ("on_epoch_begin", 1),
+        ("on_epoch_end", 1, {"train_loss": 1.5, "train_accuracy": 0.25, "seconds": 3.0}),
+        ("on_train_end",),
+    ]
+
+
+def test_validate_refreshes_bn_then_scores_the_val_split_into_the_row():
+    done = []
+
+    def evaluate(split):
+        done.append(split)
+        return {"loss": 0.5, "accuracy": 0.75} if split == "val" else {}
+
+    trainer = types.SimpleNamespace(recalibrate=lambda: done.append("bn"), evaluate=evaluate)
+    row = {"epoch": 1}
+    actions.Validate()(_at("epoch_end", trainer=trainer, history=[row]))
+    assert done == ["bn", "val"] and row == {"epoch": 1, "val_loss": 0.5, "val_accuracy": 0.75}
+    no_val = types.SimpleNamespace(recalibrate=lambda: None, evaluate=lambda split: {})
+    actions.Validate()(_at("epoch_end", trainer=no_val, history=[row := {"epoch": 1}]))
+    assert row == {"epoch": 1}
+
+
+def test_the_runs_list_changes_the_state_first_then_validates_records_saves_reports():
+    model = _whitening_model()
+    cfg = tiny_config(**{"optim.whiten_bias_epochs": 0.5, "optim.lookahead_every_steps": 5})
+    length = RunLength(48, 476)
+    made = actions.for_run(
+        cfg, model, length, tf.distribute.get_strategy(), "RUN_DIR", "HOOKS", print
+    )
+    assert [type(a).__name__ for a in made] == [
+        "FreezeAfter",
+        "Lookahead",
+        "Validate",
+        "Record",
+        "Checkpoints",
+        "Report",
+    ]
+    freeze, look, _, record, saves, report = made
+    assert freeze.variables == [model.get_layer("whiten").bias] and look.total == 476
+    assert record.run_dir == saves.run_dir == "RUN_DIR" and report.hooks == "HOOKS"

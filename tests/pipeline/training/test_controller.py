@@ -21,6 +21,10 @@ class Spy(Action):
 
     def __call__(self, at):
         self.seen.append((self.name, at.point, at.global_step, at.epoch))
+        self.rows = len(at.history)  # every point sees the run's history
+        self.flags = getattr(self, "flags", [])
+        if at.point == "steps":
+            self.flags.append((at.global_step, at.epoch_complete, at.last_step))
 
 
 class SavesRecorded:
@@ -31,6 +35,17 @@ class SavesRecorded:
 
     def save(self, global_step, position):
         self.saved.append((global_step, position))
+
+
+class StopAt(Action):
+    """Sets the stop flag, as the signal watcher does, at `point` where `reached(at)`."""
+
+    def __init__(self, stops, point, reached):
+        self.stops, self.reached, self.when = stops, reached, When(points=(point,))
+
+    def __call__(self, at):
+        if self.reached(at):
+            self.stops.flag.assign(True)
 
 
 def _controller(epochs, run_actions, steps_per_call, stops=None, **updates):
@@ -71,6 +86,85 @@ def test_actions_are_called_at_their_points_in_list_order():
     # Each point reaches every action before the next point: "b" right after "a".
     assert [e[1:] for e in seen[1::2]] == points
     assert [row["epoch"] for row in history] == [1, 2]
+    spy = run_loop.actions[0]
+    assert spy.rows == 2
+    assert spy.flags == [
+        (3, False, False),
+        (6, False, False),
+        (8, True, False),
+        (11, False, False),
+        (14, False, False),
+        (16, True, True),
+    ]
+
+
+class _Progress:
+    """A progress factory recording the bars it makes and their updates."""
+
+    def __init__(self):
+        self.made, self.updates = [], []
+
+    def __call__(self, n_steps, epoch):
+        self.made.append((n_steps, epoch))
+        return self
+
+    def update(self, step, values):
+        self.updates.append((step, [name for name, _ in values], [v for _, v in values]))
+
+
+def test_each_epoch_gets_a_bar_updated_after_each_call_with_loss_and_accuracy():
+    bars = _Progress()
+    run_loop = _controller(2, [], 5)
+    run_loop.run(0, [], bars)
+    assert bars.made == [(8, 1), (8, 2)]
+    assert [(step, names) for step, names, _ in bars.updates] == [
+        (5, ["loss", "acc"]),
+        (8, ["loss", "acc"]),
+    ] * 2
+    assert all(v[0] > 0 and 0 <= v[1] <= 1 for _, _, v in bars.updates)
+
+
+def test_a_diverged_loss_names_the_epoch_and_step_and_what_is_kept(monkeypatch):
+    from pipeline.errors import NonFiniteLossError
+
+    run_loop = _controller(2, [], 3)
+    real = run_loop.trainer.train
+    calls = []
+
+    def diverges_on_the_second_call(n, data):
+        calls.append(n)
+        done = real(n, data)
+        if len(calls) == 2:
+            raise NonFiniteLossError("training loss became nan")
+        return done
+
+    monkeypatch.setattr(run_loop.trainer, "train", diverges_on_the_second_call)
+    with pytest.raises(NonFiniteLossError) as raised:
+        run_loop.run(0, [])
+    assert str(raised.value) == (
+        "training loss became nan at epoch 1, step 6: lower the learning rate (--lr) or "
+        "use float32; kept"
+    )
+
+
+def test_a_resume_reads_the_data_from_its_epoch_and_step(monkeypatch):
+    from pipeline.data.datasets import Inputs
+
+    run_loop = _controller(3, [], 50)
+    asked = []
+    real = Inputs.train_dataset_fn
+
+    def recorded(self, length, epoch=0, step=0):
+        asked.append((epoch, step))
+        return real(self, length, epoch, step)
+
+    monkeypatch.setattr(Inputs, "train_dataset_fn", recorded)
+    run_loop._epoch_step.assign(3)  # as a checkpoint of epoch 2, step 3 restores
+    history = []
+    run_loop.run(1, history)
+    assert asked == [(1, 3)]
+    assert [row["epoch"] for row in history] == [2, 3]
+    assert len(history[0]["step_losses"]) == 5 and run_loop.global_step == 24
 
 
 def test_checkpoints_follow_the_cadence_the_last_epoch_and_steps_inside_epochs():
@@ -105,16 +199,8 @@ def test_a_stop_inside_an_epoch_saves_the_step_reached_and_raises():
     stops = preemption.StopRequests()
     run_dir = SavesRecorded()
     seen = []
-
-    class StopAtFour(Action):
-        when = When(points=("steps",))
-
-        def __call__(self, at):
-            if at.global_step == 4:
-                stops.flag.assign(True)  # as the signal watcher does
-
     run_actions = [
-        StopAtFour(),
+        StopAt(stops, "steps", lambda at: at.global_step == 4),
         lambda cfg: actions.Checkpoints(run_dir, cfg.train),
         Spy(seen, "s"),
     ]
@@ -128,17 +214,13 @@ def test_a_stop_inside_an_epoch_saves_the_step_reached_and_raises():
 def test_a_stop_on_a_cadence_step_is_saved_once():
     stops = preemption.StopRequests()
     run_dir = SavesRecorded()
-
-    class StopAtThree(Action):
-        when = When(points=("steps",))
-
-        def __call__(self, at):
-            if at.global_step == 3:
-                stops.flag.assign(True)
-
     saves = lambda cfg: actions.Checkpoints(run_dir, cfg.train)  # noqa: E731
     run_loop = _controller(
-        2, [StopAtThree(), saves], 3, stops, **{"train.checkpoint_every_steps": 3}
+        2,
+        [StopAt(stops, "steps", lambda at: at.global_step == 3), saves],
+        3,
+        stops,
+        **{"train.checkpoint_every_steps": 3},
     )
     with pytest.raises(Preempted):
         run_loop.run(0, [])
@@ -150,15 +232,10 @@ def test_a_stop_agreed_during_an_epochs_validation_is_saved_off_the_cadence():
     # it validates (after its last step) must still leave a checkpoint of epoch 1.
     stops = preemption.StopRequests()
     run_dir = SavesRecorded()
-
-    class StopWhileValidating(Action):
-        when = When(points=("epoch_end",))
-
-        def __call__(self, at):
-            if at.history[-1]["epoch"] == 1:
-                stops.flag.assign(True)  # as the signal watcher does
-
-    run_actions = [StopWhileValidating(), lambda cfg: actions.Checkpoints(run_dir, cfg.train)]
+    run_actions = [
+        StopAt(stops, "epoch_end", lambda at: at.history[-1]["epoch"] == 1),
+        lambda cfg: actions.Checkpoints(run_dir, cfg.train),
+    ]
     run_loop = _controller(3, run_actions, 50, stops, **{"train.checkpoint_every_epochs": 2})
     with pytest.raises(Preempted, match="after epoch 1; kept"):
         run_loop.run(0, [])

@@ -48,6 +48,22 @@ def test_progress_lines_time_from_the_first_step_seen_and_say_rate_and_time_left
     assert len(printed) == 1
 
 
+def test_progress_lines_rate_from_one_step_in_half_a_second_and_none_in_no_time(monkeypatch):
+    clock = _Clock()
+    monkeypatch.setattr(progress.time, "monotonic", clock)
+    printed = []
+    lines = progress.ProgressLines(10, "1/1", 32, every_seconds=0, log=printed.append)
+    lines.update(2, [])  # the first step seen: timing starts here
+    lines.update(3, [])  # one step in no time: no rate rather than a division by zero
+    clock.now += 0.5
+    lines.update(4, [])  # two steps in 0.5 s: 4 steps/s, 128 images/s, 6 steps left
+    assert printed == [
+        "epoch 1/1 step 2/10    0 images/s  epoch ends in ?",
+        "epoch 1/1 step 3/10    0 images/s  epoch ends in ?",
+        "epoch 1/1 step 4/10    128 images/s  epoch ends in 2 s",
+    ]
+
+
 def test_progress_lines_without_steps_done_give_no_rate(monkeypatch):
     clock = _Clock()
     monkeypatch.setattr(progress.time, "monotonic", clock)
@@ -81,7 +97,9 @@ def test_the_epoch_summary_line_and_the_callbacks_scalars():
 
 
 @pytest.mark.parametrize("tty", [False, True])
-def test_progress_is_a_bar_on_a_terminal_or_when_asked_lines_otherwise_or_none(monkeypatch, tty):
+def test_progress_is_a_bar_on_a_terminal_or_when_asked_lines_otherwise_or_none(
+    monkeypatch, capsys, tty
+):
     monkeypatch.setattr(progress.sys.stdout, "isatty", lambda: tty, raising=False)
     made = {
         mode: progress.progress_bar(
@@ -92,7 +110,9 @@ def test_progress_is_a_bar_on_a_terminal_or_when_asked_lines_otherwise_or_none(m
         for mode in ("none", "bar", "auto")
     }
     assert made["none"] is None
-    assert isinstance(made["bar"], keras.utils.Progbar)
+    bar = made["bar"]
+    assert isinstance(bar, keras.utils.Progbar)
+    assert (bar.target, bar.verbose, bar.stateful_metrics) == (10, 1, {"loss", "acc"})
     if tty:
         assert isinstance(made["auto"], keras.utils.Progbar)
     else:
@@ -104,3 +124,5 @@ def test_progress_is_a_bar_on_a_terminal_or_when_asked_lines_otherwise_or_none(m
             64,
             7.0,
         )
+        lines.log("a line")
+        assert capsys.readouterr().out == "a line\n"
