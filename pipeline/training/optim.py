@@ -22,7 +22,9 @@ def lr_at(step, cfg: OptimConfig, length: RunLength):
     peak, final = cfg.lr, cfg.lr * cfg.final_lr_fraction
     start = cfg.warmup_start_fraction
     # Only read while step < warmup, so warmup >= 1 there (without one it is not read).
-    up = peak * (start + (1.0 - start) * (step / max(warmup, 1.0)))
+    # The minimum changes no value here, but without it the traced step folds the product
+    # differently and the losses move in their last bits.
+    up = peak * (start + (1.0 - start) * tf.minimum(1.0, step / max(warmup, 1.0)))
     progress = tf.clip_by_value((step - warmup) / max(total_steps - warmup, 1.0), 0.0, 1.0)
     if cfg.schedule == "cosine":
         down = final + (peak - final) * 0.5 * (1.0 + tf.cos(math.pi * progress))
