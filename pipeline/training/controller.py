@@ -114,8 +114,7 @@ class Controller:
             self._epoch_step.assign_add(done)
             if done:
                 if bar is not None:
-                    figures = self.trainer.metrics()
-                    loss, acc = figures["train_loss"], figures["train_accuracy"]
+                    loss, acc = self.trainer.running_loss_and_accuracy()
                     bar.update(self.epoch_step, [("loss", loss), ("acc", acc)])
                 self._act("steps", history)
             if done < limit:  # the call stopped early: a stop every worker agreed on

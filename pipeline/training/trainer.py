@@ -104,8 +104,8 @@ class Trainer:
         self._totals.assign_add(np.append(totals, seconds).astype(np.float64))
         self.train_seconds += seconds
         self.trained_images += done * self.cfg.data.batch_size
-        loss = self.metrics()["train_loss"]
-        if self.steps_recorded and not math.isfinite(loss):
+        loss, _ = self.running_loss_and_accuracy()
+        if recorded + done and not math.isfinite(loss):
             raise NonFiniteLossError(f"training loss became {loss}")
         return done
 
@@ -114,14 +114,20 @@ class Trainer:
         """Steps trained since the metrics were last reset."""
         return round(float(self._totals.numpy()[2]) / self.cfg.data.batch_size)
 
+    def running_loss_and_accuracy(self) -> tuple[float, float]:
+        """Mean training loss and accuracy since the last reset (NaN before any step): what
+        every call checks and a progress bar shows, without `metrics`' schedule and copy."""
+        loss_sum, correct, count, _ = self._totals.numpy()
+        count = count or math.nan
+        return loss_sum / count, correct / count
+
     def metrics(self) -> dict:
         """The running metrics: mean training loss and accuracy, seconds, each step's loss."""
-        loss_sum, correct, count, seconds = self._totals.numpy()
-        count = count or math.nan
+        loss, accuracy = self.running_loss_and_accuracy()
         return {
-            "train_loss": loss_sum / count,
-            "train_accuracy": correct / count,
-            "seconds": seconds,
+            "train_loss": loss,
+            "train_accuracy": accuracy,
+            "seconds": self._totals.numpy()[3],
             "lr": float(optim.lr_at(self.optimizer.iterations, self.cfg.optim, self.length)),
             "step_losses": self._step_losses.numpy()[: self.steps_recorded].tolist(),
         }
