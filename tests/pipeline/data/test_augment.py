@@ -75,29 +75,6 @@ def test_normalise_uses_mean_and_std():
     assert np.allclose(out[0, 0, 0], [5.0, 0.0, -2.0])
 
 
-@pytest.mark.parametrize(
-    "cfg",
-    [
-        AugmentConfig(translate=4, flip="random", cutout=8),
-        AugmentConfig(translate=2, pad_mode="reflect", flip="alternate"),
-        AugmentConfig(),
-    ],
-)
-def test_eager_equals_in_pipeline_equals_xla(cfg):
-    x = _images(32)
-    idx = tf.range(32, dtype=tf.int64)
-    mean, std = np.array([120.0, 121.0, 110.0]), np.array([60.0, 61.0, 65.0])
-
-    def fn(images, index):
-        return augment.preprocess(images, augment.image_keys(index, 3), 5, cfg, mean, std)
-
-    eager = fn(tf.constant(x), idx).numpy()
-    mapped = next(iter(tf.data.Dataset.from_tensors((x, idx)).map(fn))).numpy()
-    xla = tf.function(fn, jit_compile=True)(tf.constant(x), idx).numpy()
-    np.testing.assert_allclose(eager, mapped, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(eager, xla, rtol=0, atol=1e-5)
-
-
 def test_shifts_draw_every_dy_dx_pair_independently_as_recovered_from_the_images():
     """Each pixel holds its own coordinates, so the shifted image says where it came from:
     the centre pixel of image i is the original's (16 + dy - 4, 16 + dx - 4)."""
@@ -119,3 +96,21 @@ def test_shifts_draw_every_dy_dx_pair_independently_as_recovered_from_the_images
     assert set(pairs) == {(dy, dx) for dy in range(-pad, pad + 1) for dx in range(-pad, pad + 1)}
     # 8,000 draws over 81 pairs: about 99 each if independent and uniform.
     assert min(pairs.values()) > 50 and max(pairs.values()) < 160, pairs
+
+
+def test_preprocess_cuts_one_square_per_image_and_epoch_from_the_normalised_batch():
+    x = tf.constant(_images(64))
+    keys = augment.image_keys(tf.range(64, dtype=tf.int64), 3)
+    shift = AugmentConfig(translate=2, flip="random")
+    cut_too = AugmentConfig(translate=2, flip="random", cutout=8)
+    mean, std = np.array([120.5, 121.5, 110.5]), np.array([60.0, 61.0, 65.0])
+    uncut = augment.normalise(augment.augment(x, keys, 5, shift), mean, std).numpy()
+    np.testing.assert_array_equal(augment.preprocess(x, keys, 5, shift, mean, std), uncut)
+    out = augment.preprocess(x, keys, 5, cut_too, mean, std).numpy()
+    cut = (out == 0).all(-1)  # no pixel normalises to exactly 0 (the means end in .5)
+    np.testing.assert_array_equal(out[~cut], uncut[~cut])
+    assert all(16 <= n <= 64 for n in cut.sum((1, 2)))  # one square, clipped at a border
+    rows, cols = cut.any(2).argmax(1), cut.any(1).argmax(1)  # each square's top and left
+    assert len(set(rows.tolist())) > 10 and (rows != cols).mean() > 0.8  # y, x drawn apart
+    next_epoch = (augment.preprocess(x, keys, 6, cut_too, mean, std).numpy() == 0).all(-1)
+    assert (next_epoch != cut).any((1, 2)).mean() > 0.8  # drawn again each epoch

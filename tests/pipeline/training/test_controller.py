@@ -3,12 +3,61 @@ the actions due at each point in list order, and saves at the checkpoint cadence
 epoch and a stop."""
 
 import pytest
+import tensorflow as tf
 
 from pipeline.errors import Preempted
+from pipeline.run_length import RunLength
 from pipeline.runtime import preemption
-from pipeline.training import actions, controller, run, trainer
+from pipeline.training import actions, controller
 from pipeline.training.actions import POINTS, Action, When
 from tests.conftest import tiny_config
+
+STEPS_PER_EPOCH = 8
+
+
+class StepTrainer:
+    """The Trainer's side of the loop without a model, so these tests time the Controller
+    and not tracing: `train(n, data)` does n steps, none once the stop flag is set (as the
+    compiled step checks it), and the running metrics count the steps since the last
+    reset. Runs with the real Trainer: test_actions_in_runs.py."""
+
+    def __init__(self, length, stop_flag):
+        self.length, self.strategy = length, tf.distribute.get_strategy()
+        self._stop_flag, self.steps_recorded = stop_flag, 0
+
+    def train(self, n, data):
+        if self.stop_agreed():
+            return 0
+        self.steps_recorded += n
+        return n
+
+    def stop_agreed(self):
+        return self._stop_flag is not None and bool(self._stop_flag.numpy())
+
+    def running_loss_and_accuracy(self):
+        return 2.0 / (1 + self.steps_recorded), 0.5
+
+    def metrics(self):
+        loss, accuracy = self.running_loss_and_accuracy()
+        return {
+            "train_loss": loss,
+            "train_accuracy": accuracy,
+            "step_losses": [loss] * self.steps_recorded,
+        }
+
+    def reset_metrics(self):
+        self.steps_recorded = 0
+
+
+class AskedData:
+    """Inputs whose training data records the (epoch, step) each run asks it to start at."""
+
+    def __init__(self):
+        self.asked = []
+
+    def train_dataset_fn(self, length, epoch=0, step=0):
+        self.asked.append((epoch, step))
+        return lambda context: tf.data.Dataset.range(length.total_steps)
 
 
 class Spy(Action):
@@ -50,14 +99,11 @@ class StopAt(Action):
 
 def _controller(epochs, run_actions, steps_per_call, stops=None, **updates):
     cfg = tiny_config(**{"train.epochs": epochs, **updates})
-    strategy, inputs = run.prepare(cfg)
-    model = run.build(cfg, strategy)
-    length = inputs.run_length(epochs)
-    flag = stops.flag if stops else None
-    fitted = trainer.Trainer(model, inputs, cfg, strategy, length, flag)
+    length = RunLength(STEPS_PER_EPOCH, STEPS_PER_EPOCH * epochs)
+    fitted = StepTrainer(length, stops.flag if stops else None)
     stops = stops or preemption.StopRequests()
     made = [a(cfg) if callable(a) and not isinstance(a, Action) else a for a in run_actions]
-    return controller.Controller(fitted, inputs, made, stops, steps_per_call, lambda: "kept")
+    return controller.Controller(fitted, AskedData(), made, stops, steps_per_call, lambda: "kept")
 
 
 def test_actions_are_called_at_their_points_in_list_order():
@@ -147,22 +193,12 @@ def test_a_diverged_loss_names_the_epoch_and_step_and_what_is_kept(monkeypatch):
     )
 
 
-def test_a_resume_reads_the_data_from_its_epoch_and_step(monkeypatch):
-    from pipeline.data.datasets import Inputs
-
+def test_a_resume_reads_the_data_from_its_epoch_and_step():
     run_loop = _controller(3, [], 50)
-    asked = []
-    real = Inputs.train_dataset_fn
-
-    def recorded(self, length, epoch=0, step=0):
-        asked.append((epoch, step))
-        return real(self, length, epoch, step)
-
-    monkeypatch.setattr(Inputs, "train_dataset_fn", recorded)
     run_loop._epoch_step.assign(3)  # as a checkpoint of epoch 2, step 3 restores
     history = []
     run_loop.run(1, history)
-    assert asked == [(1, 3)]
+    assert run_loop.inputs.asked == [(1, 3)]
     assert [row["epoch"] for row in history] == [2, 3]
     assert len(history[0]["step_losses"]) == 5 and run_loop.global_step == 24
 
