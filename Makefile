@@ -36,7 +36,7 @@ lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 # Mutation testing of the pure modules against their own fast tests ([tool.mutmut] in
-# pyproject.toml; about 36 minutes on 2 cores; not in CI). Survivors: docs/mutation.md.
+# pyproject.toml; about 23 minutes on 2 cores; not in CI). Survivors: docs/mutation.md.
 mutate: setup
 	$(BIN)/pip install -q -e '.[mutate]' -c constraints.txt
 	$(BIN)/mutmut run --max-children 2; $(BIN)/mutmut results
