@@ -107,6 +107,30 @@ def test_fused_gelu_is_exact_gelu_with_its_gradient(compiled):
     assert np.abs(y.numpy() - keras.activations.gelu(x, approximate=True).numpy()).max() > 1e-4
 
 
+def test_bfloat16_widens_and_rounds_in_integers_exactly_as_a_cast():
+    # Every bfloat16 bit pattern widens to the float32 tf.cast gives.
+    every = tf.bitcast(tf.constant(np.arange(2**16, dtype=np.uint16)), tf.bfloat16)
+    widen = tf.function(fast_layers._to_float32, jit_compile=True)
+    np.testing.assert_array_equal(widen(every).numpy(), tf.cast(every, tf.float32).numpy())
+    # float32 rounds to nearest even as tf.cast rounds: halfway cases both ways, the largest
+    # floats (to inf), subnormals, signed zeros; NaN stays NaN, even one whose mantissa
+    # rounding would carry into the sign bit.
+    rng = np.random.default_rng(0)
+    bits = np.concatenate(
+        [
+            rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32),
+            np.array([0x3F808000, 0x3F818000, 0xBF808000, 0x7F7FFFFF, 0x00000001], np.uint32),
+            np.array([0x80000000, 0x7F800000, 0xFF800000, 0x7FFFFFFF, 0xFFFFFFFF], np.uint32),
+        ]
+    )
+    z = tf.constant(bits.view(np.float32))
+    narrow = tf.function(lambda t: fast_layers._from_float32(t, tf.bfloat16), jit_compile=True)
+    ours, cast = narrow(z).numpy(), tf.cast(z, tf.bfloat16).numpy()
+    nan = np.isnan(cast.astype(np.float32))
+    assert np.isnan(ours.astype(np.float32)[nan]).all()
+    np.testing.assert_array_equal(ours[~nan].view(np.uint16), cast[~nan].view(np.uint16))
+
+
 def test_fused_and_stock_custom_convnet_compute_the_same():
     def model(fused):
         cfg = ModelConfig(name="custom_convnet", params={"size": "tiny", "fused": fused})
