@@ -49,6 +49,19 @@ class StepTrainer:
         self.steps_recorded = 0
 
 
+def test_the_step_trainer_takes_what_the_trainer_takes():
+    import inspect
+
+    from pipeline.training.trainer import Trainer
+
+    for name in ("train", "running_loss_and_accuracy", "metrics", "reset_metrics"):
+        ours, theirs = getattr(StepTrainer, name), getattr(Trainer, name)
+        assert list(inspect.signature(ours).parameters) == list(
+            inspect.signature(theirs).parameters
+        ), name
+    assert isinstance(Trainer.steps_recorded, property)
+
+
 class AskedData:
     """Inputs whose training data records the (epoch, step) each run asks it to start at."""
 
