@@ -39,14 +39,15 @@ def _to_float32(x):
 def _from_float32(z, dtype):
     """z (float32) as `dtype`; to bfloat16 rounded to nearest even, as `tf.cast` rounds,
     in integer operations. NaN stays NaN (the rounding could carry a NaN's mantissa into
-    its sign)."""
+    its sign): found and replaced in integers too, as a float test and a bfloat16 select
+    here cost what the shifts save."""
     if dtype != tf.bfloat16:
         return tf.cast(z, dtype)
     bits = tf.bitcast(z, tf.uint32)
     lsb = tf.bitwise.bitwise_and(tf.bitwise.right_shift(bits, 16), 1)
-    rounded = tf.bitwise.right_shift(bits + 0x7FFF + lsb, 16)
-    rounded = tf.bitcast(tf.cast(rounded, tf.uint16), tf.bfloat16)
-    return tf.where(tf.math.is_nan(z), tf.cast(z, tf.bfloat16), rounded)
+    nan = tf.bitwise.bitwise_and(bits, 0x7FFFFFFF) > 0x7F800000
+    rounded = tf.where(nan, tf.constant(0x7FC00000, tf.uint32), bits + 0x7FFF + lsb)
+    return tf.bitcast(tf.cast(tf.bitwise.right_shift(rounded, 16), tf.uint16), tf.bfloat16)
 
 
 # Computed in float32 whatever the input dtype, through erf: XLA's CPU code converts around
