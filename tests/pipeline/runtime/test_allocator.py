@@ -40,4 +40,3 @@ def test_a_freed_block_is_reused_without_new_pages():
     # faults at least 32 times; a reused block none (a few for the interpreter's own).
     assert _faults_of_a_repeated_block("reuse") < 8
     assert _faults_of_a_repeated_block("default") >= 32
-
