@@ -121,9 +121,6 @@ class TrainConfig:
     progress: Literal["auto", "bar", "none"] = "auto"
     progress_every_seconds: float = 30.0
     max_steps_per_epoch: int = 0  # >0: cut each epoch to this many steps (benchmarks, tests)
-    # keep freed memory in the process (glibc malloc): large tensors reuse it instead of
-    # new pages each step, a few percent of a CPU step (pipeline/runtime/allocator.py)
-    reuse_freed_memory: bool = True
 
 
 @dataclass(frozen=True)
@@ -148,7 +145,6 @@ RUNTIME_KEYS = (
     "train.checkpoint_every_steps",
     "train.keep_checkpoints",
     "train.export",
-    "train.reuse_freed_memory",
 )
 
 

@@ -129,12 +129,6 @@ def bench_train(args) -> dict:
         if k != "loop" and "loop" in results
     }
     print("  ".join(f"{k} = {v:.2f}x" for k, v in ratios.items()))
-    if "torch" in results and cfg.train.reuse_freed_memory:
-        print(
-            "the twin ran in this process, which reuses freed memory "
-            "(train.reuse_freed_memory); --set train.reuse_freed_memory=false times both "
-            "with the C allocator as it comes"
-        )
     return {
         **{k: v["median"] for k, v in results.items()},
         "runs": {k: v["runs"] for k, v in results.items()},
@@ -145,7 +139,6 @@ def bench_train(args) -> dict:
         "settings": {
             **_settings(args, cfg, choice),
             "steps_per_pass": args.steps,
-            "reuse_freed_memory": cfg.train.reuse_freed_memory,
             "repeats": args.repeats,
             "source": cfg.data.source,
             "trainable_parameters": {

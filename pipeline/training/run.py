@@ -16,7 +16,7 @@ from pipeline.data import sources
 from pipeline.data.datasets import Inputs, make_inputs
 from pipeline.errors import UserError
 from pipeline.files import write_json
-from pipeline.runtime import allocator, distribute, out_claim
+from pipeline.runtime import distribute, out_claim
 from pipeline.training import data_record, export, loop, precision
 from pipeline.training.keras_fit import fit_with_keras
 
@@ -48,8 +48,6 @@ def build(cfg: Config, strategy: tf.distribute.Strategy, inputs: Inputs | None =
 
 def prepare(cfg: Config) -> tuple[tf.distribute.Strategy, Inputs]:
     """Strategy first (it may split the CPU, which must precede any TF op), then data."""
-    if cfg.train.reuse_freed_memory:
-        allocator.reuse_freed_memory()
     strategy = distribute.make_strategy(cfg.train)
     splits = sources.load_splits(cfg.data, seed=cfg.train.seed)  # seeded explicitly
     # After loading: tfds draws from Python's random while it prepares a data dir, and Keras

@@ -636,13 +636,3 @@ def test_a_signal_during_the_final_evaluation_stops_with_a_message(tmp_path, mon
     with pytest.raises(Preempted, match="during the final evaluation; training had finished"):
         run.train(cfg, log=lambda s: None)
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints"))
-
-
-@pytest.mark.parametrize("reuse", [True, False])
-def test_prepare_keeps_freed_memory_as_the_config_says(monkeypatch, reuse):
-    from pipeline.runtime import allocator
-
-    calls = []
-    monkeypatch.setattr(allocator, "reuse_freed_memory", lambda: calls.append(1) or True)
-    run.prepare(tiny_config(**{"train.reuse_freed_memory": reuse}))
-    assert calls == ([1] if reuse else [])
