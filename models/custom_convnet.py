@@ -208,11 +208,12 @@ def custom_convnet(
     inputs = keras.Input((32, 32, 3))
     x = inputs
     if stem == "whiten":
-        # Frozen conv; its kernel is set from data by `whiten_stem`, its bias learns.
+        # Frozen conv; its kernel is set from data by `whiten_stem`, its bias learns (in
+        # bfloat16, `fused` sums its gradient in float32: fast_layers.bias_add).
         # airbench94_muon's nn.Conv2d keeps PyTorch's default bias; airbench94 zeroes it.
         bound = 1 / np.sqrt(whiten_size**2 * 3)  # PyTorch: U(+-1/sqrt(the kernel's fan_in))
         bias_init = keras.initializers.RandomUniform(-bound, bound) if muon_init else "zeros"
-        x = keras.layers.Conv2D(
+        x = conv(
             whiten_width,
             whiten_size,
             padding="valid",

@@ -1,4 +1,4 @@
-"""Fast equivalents of two Keras layers that dominate a small convnet's step on CPU.
+"""Fast equivalents of Keras layers that dominate a small convnet's step on CPU.
 
 Profiled on the challenge net (docs/performance.md): Keras 3's
 BatchNormalization computes moments and normalises in many separate elementwise ops
@@ -12,7 +12,8 @@ These give the same numbers in far fewer passes over memory:
 - `gelu`: exact (erf) GELU whose forward and backward are each one XLA-fused loop.
 - `Conv2D`: Keras's Conv2D whose bfloat16 weight gradient on small maps is nine matrix
   products (one per kernel offset) instead of oneDNN's backward-weights convolution,
-  which is slower there (docs/performance.md, "The bfloat16 weight gradient").
+  which is slower there (docs/performance.md, "The bfloat16 weight gradient"), and whose
+  bfloat16 bias gradient is summed in float32 (`bias_add`).
 """
 
 from __future__ import annotations
@@ -269,17 +270,45 @@ def _conv_with_shifted_weight_gradient(x, kernel):
     return tf.nn.conv2d(x, kernel, 1, "SAME"), grad
 
 
+@tf.custom_gradient
+def bias_add(x, bias):
+    """tf.nn.bias_add, channels last, whose bias gradient is summed with a float32
+    accumulator. TensorFlow's CPU `BiasAddGrad` (the gradient of Keras's bias) sums
+    bfloat16 in bfloat16: once a channel's running sum is large, further terms round away,
+    and over a conv layer's batch of pixels the gradient is 30-70% off (docs/performance.md,
+    "The bias gradient"). `tf.reduce_sum` of bfloat16 accumulates in float32, and is faster."""
+
+    def grad(upstream):
+        return upstream, tf.reduce_sum(upstream, list(range(upstream.shape.rank - 1)))
+
+    return tf.nn.bias_add(x, bias), grad
+
+
+def _on_cpu_in_bfloat16(x) -> bool:
+    return x.dtype == tf.bfloat16 and not tf.config.list_logical_devices("GPU")
+
+
 @keras.saving.register_keras_serializable(package="cifar_pipeline")
 class Conv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` (same weights, config and forward pass) whose weight gradient
     is `shifted_products` where that pays: bfloat16, on a CPU, a stride-1 "same" layer
     with an odd square kernel and a map `shifted_products_pay` names. Everything else, the
-    GPU and float32 included, takes the stock kernels."""
+    GPU and float32 included, takes the stock kernels. Its bias, in bfloat16 on a CPU, is
+    added by `bias_add`, whose gradient is summed in float32."""
+
+    def call(self, inputs):
+        if not (
+            self.use_bias and self.data_format == "channels_last" and _on_cpu_in_bfloat16(inputs)
+        ):
+            return super().call(inputs)
+        outputs = self.convolution_op(inputs, self.kernel)
+        outputs = bias_add(outputs, tf.cast(self.bias, outputs.dtype))
+        return outputs if self.activation is None else self.activation(outputs)
 
     def _shifted(self, inputs, kernel) -> bool:
         k = tuple(self.kernel_size)
         return (
-            inputs.dtype == tf.bfloat16
+            _on_cpu_in_bfloat16(inputs)
             and inputs.shape.rank == 4
             and None not in inputs.shape[1:]
             and self.data_format == "channels_last"
@@ -290,7 +319,6 @@ class Conv2D(keras.layers.Conv2D):
             and k[0] == k[1]
             and k[0] % 2 == 1
             and shifted_products_pay(*inputs.shape[1:3], inputs.shape[-1], kernel.shape[-1])
-            and not tf.config.list_logical_devices("GPU")
         )
 
     def convolution_op(self, inputs, kernel):

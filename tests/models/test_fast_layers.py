@@ -279,3 +279,79 @@ def test_fast_conv_under_two_replicas_matches_one():
     grads = strategy.run(tf.function(replica_grad), args=per_replica)
     summed = strategy.reduce("SUM", grads, axis=None).numpy().astype(np.float32)
     np.testing.assert_allclose(summed, one, atol=2**-7 * np.abs(one).max())
+
+
+def _bias_gradient(layer, x, upstream, jit=False):
+    def step(x):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.cast(layer(x), tf.float32) * upstream)
+        return tape.gradient(loss, layer.bias)
+
+    return tf.function(step, jit_compile=jit)(x).numpy()
+
+
+def _biased_conv_pair(policy, filters):
+    with precision.policy_scope(policy):
+        stock = keras.layers.Conv2D(filters, 2, padding="valid", name="stock")
+        fast = fast_layers.Conv2D(filters, 2, padding="valid", name="fast")
+    return stock, fast
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+@pytest.mark.parametrize("size,filters", [(31, 24), (15, 64), (3, 5)])  # the whitening stem's
+def test_bfloat16_bias_gradient_is_summed_in_float32(size, filters, jit):
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.standard_normal((64, size + 1, size + 1, 3)).astype(np.float32))
+    # A mean away from zero, as real gradients have: a bfloat16 running sum stalls.
+    upstream = rng.standard_normal((64, size, size, filters)).astype(np.float32) * 0.01 + 0.003
+    upstream = tf.constant(upstream)
+    stock, fast = _biased_conv_pair("mixed_bfloat16", filters)
+    stock.build(x.shape)
+    fast.build(x.shape)
+    fast.set_weights(stock.get_weights())
+    np.testing.assert_array_equal(fast(x).numpy(), stock(x).numpy())
+    # The sum the layer's bfloat16 output gradient should give, in float64.
+    rounded = tf.cast(tf.cast(upstream, tf.bfloat16), tf.float64)
+    exact = tf.reduce_sum(rounded, [0, 1, 2]).numpy()
+    ours = _bias_gradient(fast, x, upstream, jit)
+    assert ours.dtype == np.float32  # the variable's dtype
+    # Rounded once to bfloat16 (8 significant bits) at the end, not per term.
+    np.testing.assert_allclose(ours, exact, rtol=2**-8, atol=2**-8 * np.abs(exact).max())
+    if size == 31 and not jit:  # TensorFlow's own kernel, which this replaces, is far off
+        stock_error = np.abs(_bias_gradient(stock, x, upstream) - exact).max()
+        assert stock_error > 0.1 * np.abs(exact).max()
+
+
+def test_float32_bias_gradient_is_keras_own():
+    x, _ = _conv_case(8, 3, 5, 3)
+    upstream = tf.constant(np.random.default_rng(3).standard_normal((6, 7, 7, 5)), tf.float32)
+    stock, fast = _biased_conv_pair("float32", 5)
+    stock.build(x.shape)
+    fast.build(x.shape)
+    fast.set_weights(stock.get_weights())
+    np.testing.assert_array_equal(
+        _bias_gradient(fast, x, upstream), _bias_gradient(stock, x, upstream)
+    )
+
+
+def test_bias_gradient_under_two_replicas_matches_one():
+    x, _ = _conv_case(16, 3, 5, 3)
+    upstream = tf.constant(np.random.default_rng(4).standard_normal((6, 15, 15, 24)), tf.float32)
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        _, fast = _biased_conv_pair("mixed_bfloat16", 24)
+        fast.build(x.shape)
+    one = _bias_gradient(fast, x, upstream)
+
+    def replica_grad(x, upstream):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.cast(fast(x), tf.float32) * upstream)
+        return tape.gradient(loss, fast.bias)
+
+    halves = [(x[:3], upstream[:3]), (x[3:], upstream[3:])]
+    per_replica = strategy.experimental_distribute_values_from_function(
+        lambda ctx: halves[ctx.replica_id_in_sync_group]
+    )
+    grads = strategy.run(tf.function(replica_grad), args=per_replica)
+    summed = strategy.reduce("SUM", grads, axis=None).numpy()
+    np.testing.assert_allclose(summed, one, rtol=2**-7, atol=2**-7 * np.abs(one).max())
