@@ -266,19 +266,26 @@ def test_fast_conv_under_two_replicas_matches_one():
         _, fast = _conv_pair("mixed_bfloat16")
         fast.build(x.shape)
     one = _conv_step(fast, x, upstream)[1]
+    summed = _two_replicas_gradient(strategy, fast, fast.kernel, x, upstream)
+    np.testing.assert_allclose(summed, one, atol=2**-7 * np.abs(one).max())
+
+
+def _two_replicas_gradient(strategy, layer, variable, x, upstream):
+    """The gradient of sum(layer(x) * upstream) for `variable`, each replica taking half
+    the batch, summed over the replicas."""
 
     def replica_grad(x, upstream):
         with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(tf.cast(fast(x), tf.float32) * upstream)
-        return tape.gradient(loss, fast.kernel)
+            loss = tf.reduce_sum(tf.cast(layer(x), tf.float32) * upstream)
+        return tape.gradient(loss, variable)
 
-    halves = [(x[:3], upstream[:3]), (x[3:], upstream[3:])]
+    half = x.shape[0] // 2
+    halves = [(x[:half], upstream[:half]), (x[half:], upstream[half:])]
     per_replica = strategy.experimental_distribute_values_from_function(
         lambda ctx: halves[ctx.replica_id_in_sync_group]
     )
     grads = strategy.run(tf.function(replica_grad), args=per_replica)
-    summed = strategy.reduce("SUM", grads, axis=None).numpy().astype(np.float32)
-    np.testing.assert_allclose(summed, one, atol=2**-7 * np.abs(one).max())
+    return strategy.reduce("SUM", grads, axis=None).numpy().astype(np.float32)
 
 
 def _bias_gradient(layer, x, upstream, jit=False):
@@ -342,16 +349,5 @@ def test_bias_gradient_under_two_replicas_matches_one():
         _, fast = _biased_conv_pair("mixed_bfloat16", 24)
         fast.build(x.shape)
     one = _bias_gradient(fast, x, upstream)
-
-    def replica_grad(x, upstream):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_sum(tf.cast(fast(x), tf.float32) * upstream)
-        return tape.gradient(loss, fast.bias)
-
-    halves = [(x[:3], upstream[:3]), (x[3:], upstream[3:])]
-    per_replica = strategy.experimental_distribute_values_from_function(
-        lambda ctx: halves[ctx.replica_id_in_sync_group]
-    )
-    grads = strategy.run(tf.function(replica_grad), args=per_replica)
-    summed = strategy.reduce("SUM", grads, axis=None).numpy()
+    summed = _two_replicas_gradient(strategy, fast, fast.bias, x, upstream)
     np.testing.assert_allclose(summed, one, rtol=2**-7, atol=2**-7 * np.abs(one).max())
