@@ -275,8 +275,9 @@ def bias_add(x, bias):
     """tf.nn.bias_add, channels last, whose bias gradient is summed with a float32
     accumulator. TensorFlow's CPU `BiasAddGrad` (the gradient of Keras's bias) sums
     bfloat16 in bfloat16: once a channel's running sum is large, further terms round away,
-    and over a conv layer's batch of pixels the gradient is 30-70% off (docs/performance.md,
-    "The bias gradient"). `tf.reduce_sum` of bfloat16 accumulates in float32, and is faster."""
+    and over a conv layer's batch of pixels the gradient is far off (measured in
+    docs/performance.md, "The bias gradient"). `tf.reduce_sum` of bfloat16 accumulates in
+    float32, and is faster."""
 
     def grad(upstream):
         return upstream, tf.reduce_sum(upstream, list(range(upstream.shape.rank - 1)))
