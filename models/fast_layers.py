@@ -14,6 +14,7 @@ These give the same numbers in far fewer passes over memory:
   products (one per kernel offset) instead of oneDNN's backward-weights convolution,
   which is slower there (docs/performance.md, "The bfloat16 weight gradient"), and whose
   bfloat16 bias gradient is summed in float32 (`bias_add`).
+- `Dense`: Keras's Dense whose bfloat16 bias gradient is summed in float32 too.
 """
 
 from __future__ import annotations
@@ -289,6 +290,19 @@ def _on_cpu_in_bfloat16(x) -> bool:
     return x.dtype == tf.bfloat16 and not tf.config.list_logical_devices("GPU")
 
 
+def _sums_bias_in_float32(layer, x) -> bool:
+    """Whether `layer` adds its bias to `x` with `bias_add`: bfloat16 on a CPU, channels
+    last. Everything else takes Keras's own path, bit for bit."""
+    channels_last = getattr(layer, "data_format", "channels_last") == "channels_last"
+    return layer.bias is not None and channels_last and _on_cpu_in_bfloat16(x)
+
+
+def _biased(layer, outputs):
+    """`outputs` plus `layer`'s bias through `bias_add`, then its activation."""
+    outputs = bias_add(outputs, tf.cast(layer.bias, outputs.dtype))
+    return outputs if layer.activation is None else layer.activation(outputs)
+
+
 @keras.saving.register_keras_serializable(package="cifar_pipeline")
 class Conv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` (same weights, config and forward pass) whose weight gradient
@@ -298,13 +312,9 @@ class Conv2D(keras.layers.Conv2D):
     added by `bias_add`, whose gradient is summed in float32."""
 
     def call(self, inputs):
-        if not (
-            self.use_bias and self.data_format == "channels_last" and _on_cpu_in_bfloat16(inputs)
-        ):
+        if not _sums_bias_in_float32(self, inputs):
             return super().call(inputs)
-        outputs = self.convolution_op(inputs, self.kernel)
-        outputs = bias_add(outputs, tf.cast(self.bias, outputs.dtype))
-        return outputs if self.activation is None else self.activation(outputs)
+        return _biased(self, self.convolution_op(inputs, self.kernel))
 
     def _shifted(self, inputs, kernel) -> bool:
         k = tuple(self.kernel_size)
@@ -326,3 +336,15 @@ class Conv2D(keras.layers.Conv2D):
         if self._shifted(inputs, kernel):
             return _conv_with_shifted_weight_gradient(inputs, tf.convert_to_tensor(kernel))
         return super().convolution_op(inputs, kernel)
+
+
+@keras.saving.register_keras_serializable(package="cifar_pipeline")
+class Dense(keras.layers.Dense):
+    """`keras.layers.Dense` (same weights, config and forward pass) whose bias, in bfloat16
+    on a CPU, is added by `bias_add`, so its gradient is summed in float32. Everything
+    else (float32, the GPU, LoRA and quantized layers) takes Keras's own `call`."""
+
+    def call(self, inputs, training=None):
+        if not _sums_bias_in_float32(self, inputs) or self.lora_enabled or self.quantization_mode:
+            return super().call(inputs, training=training)
+        return _biased(self, keras.ops.matmul(inputs, self.kernel))

@@ -17,13 +17,15 @@ def functional(stack: list, name: str, input_shape=(32, 32, 3)) -> keras.Model:
 
 
 @register("functional_two_layer_fc", "functional API two-layer FC")
-def functional_two_layer_fc(num_classes: int = 10, hidden: int = FC_HIDDEN):
-    return functional(fc_layers(hidden, num_classes), "functional_two_layer_fc")
+def functional_two_layer_fc(num_classes: int = 10, hidden: int = FC_HIDDEN, fused: bool = True):
+    return functional(fc_layers(hidden, num_classes, fused), "functional_two_layer_fc")
 
 
 @register(
     "functional_three_layer_convnet",
     "functional API: conv 16 5x5, conv 32 3x3, dense 10",
 )
-def functional_three_layer_convnet(num_classes: int = 10, layers=CONVNET_LAYERS["functional"]):
-    return functional(convnet_layers(layers, num_classes), "functional_three_layer_convnet")
+def functional_three_layer_convnet(
+    num_classes: int = 10, layers=CONVNET_LAYERS["functional"], fused: bool = True
+):
+    return functional(convnet_layers(layers, num_classes, fused), "functional_three_layer_convnet")

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import keras
 
+from models import fast_layers
+
 FC_HIDDEN = 4000
 # (filters, kernel) per conv layer: Parts II/III use 32-5x5 then 16-3x3; Parts IV's
 # Sequential and functional convnets use 16-5x5 then 32-3x3.
@@ -21,21 +23,27 @@ def init():
     return keras.initializers.VarianceScaling(scale=2.0)
 
 
-def fc_layers(hidden: int, num_classes: int) -> list:
+def _classes(fused: bool):
+    """(Conv2D, Dense): `fused` takes fast_layers' (same weights and forward pass; in
+    bfloat16 on a CPU their bias gradients are summed in float32, where TensorFlow's own
+    kernel sums them in bfloat16), else Keras's own, as exports and the notebook API use."""
+    if fused:
+        return fast_layers.Conv2D, fast_layers.Dense
+    return keras.layers.Conv2D, keras.layers.Dense
+
+
+def fc_layers(hidden: int, num_classes: int, fused: bool = False) -> list:
+    _, dense = _classes(fused)
     return [
         keras.layers.Flatten(),
-        keras.layers.Dense(hidden, activation="relu", kernel_initializer=init()),
-        keras.layers.Dense(num_classes, kernel_initializer=init()),
+        dense(hidden, activation="relu", kernel_initializer=init()),
+        dense(num_classes, kernel_initializer=init()),
     ]
 
 
-def convnet_layers(layers, num_classes: int) -> list:
+def convnet_layers(layers, num_classes: int, fused: bool = False) -> list:
+    conv, dense = _classes(fused)
     convs = [
-        keras.layers.Conv2D(c, k, padding="same", activation="relu", kernel_initializer=init())
-        for c, k in layers
+        conv(c, k, padding="same", activation="relu", kernel_initializer=init()) for c, k in layers
     ]
-    return [
-        *convs,
-        keras.layers.Flatten(),
-        keras.layers.Dense(num_classes, kernel_initializer=init()),
-    ]
+    return [*convs, keras.layers.Flatten(), dense(num_classes, kernel_initializer=init())]

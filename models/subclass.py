@@ -37,13 +37,15 @@ def _built(model: keras.Model) -> keras.Model:
 
 
 @register("subclass_two_layer_fc", "keras.Model subclass, Dense 4000 relu, Dense 10")
-def subclass_two_layer_fc(num_classes: int = 10, hidden: int = FC_HIDDEN):
-    return _built(Stack(fc_layers(hidden, num_classes), "subclass_two_layer_fc"))
+def subclass_two_layer_fc(num_classes: int = 10, hidden: int = FC_HIDDEN, fused: bool = True):
+    return _built(Stack(fc_layers(hidden, num_classes, fused), "subclass_two_layer_fc"))
 
 
 @register(
     "subclass_three_layer_convnet",
     "keras.Model subclass: conv 32 5x5, conv 16 3x3, dense 10",
 )
-def subclass_three_layer_convnet(num_classes: int = 10, layers=CONVNET_LAYERS["subclass"]):
-    return _built(Stack(convnet_layers(layers, num_classes), "subclass_three_layer_convnet"))
+def subclass_three_layer_convnet(
+    num_classes: int = 10, layers=CONVNET_LAYERS["subclass"], fused: bool = True
+):
+    return _built(Stack(convnet_layers(layers, num_classes, fused), "subclass_three_layer_convnet"))

@@ -351,3 +351,41 @@ def test_bias_gradient_under_two_replicas_matches_one():
     one = _bias_gradient(fast, x, upstream)
     summed = _two_replicas_gradient(strategy, fast, fast.bias, x, upstream)
     np.testing.assert_allclose(summed, one, rtol=2**-7, atol=2**-7 * np.abs(one).max())
+
+
+def _dense_pair(policy, units):
+    with precision.policy_scope(policy):
+        stock = keras.layers.Dense(units, name="stock")
+        fast = fast_layers.Dense(units, name="fast")
+    return stock, fast
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_bfloat16_dense_bias_gradient_is_summed_in_float32(jit):
+    rng = np.random.default_rng(5)
+    x = tf.constant(rng.standard_normal((512, 48)).astype(np.float32))
+    upstream = rng.standard_normal((512, 40)).astype(np.float32) * 0.01 + 0.003
+    stock, fast = _dense_pair("mixed_bfloat16", 40)
+    stock.build(x.shape)
+    fast.build(x.shape)
+    stock.bias.assign(tf.linspace(-0.5, 0.5, 40))
+    fast.set_weights(stock.get_weights())
+    np.testing.assert_array_equal(fast(x).numpy(), stock(x).numpy())
+    assert fast.get_config() == {**stock.get_config(), "name": fast.name}
+    rounded = tf.cast(tf.cast(upstream, tf.bfloat16), tf.float64)
+    exact = tf.reduce_sum(rounded, 0).numpy()
+    ours = _bias_gradient(fast, x, tf.constant(upstream), jit)
+    np.testing.assert_allclose(ours, exact, rtol=2**-8, atol=2**-8 * np.abs(exact).max())
+
+
+def test_float32_dense_is_keras_own():
+    x = tf.constant(np.random.default_rng(6).standard_normal((16, 12)), tf.float32)
+    upstream = tf.constant(np.random.default_rng(7).standard_normal((16, 5)), tf.float32)
+    stock, fast = _dense_pair("float32", 5)
+    stock.build(x.shape)
+    fast.build(x.shape)
+    fast.set_weights(stock.get_weights())
+    np.testing.assert_array_equal(fast(x).numpy(), stock(x).numpy())
+    np.testing.assert_array_equal(
+        _bias_gradient(fast, x, upstream), _bias_gradient(stock, x, upstream)
+    )

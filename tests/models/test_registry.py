@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from models import registry
+from models import fast_layers, registry
 from pipeline.config import ModelConfig
 from pipeline.data import datasets, sources
 from pipeline.run_length import RunLength
@@ -82,3 +82,29 @@ def test_builders_follow_the_policy_scope():
     assert fc.params[0].dtype == tf.float32, "parameters stay float32"
     plain = registry.build_model(ModelConfig(name="sequential_two_layer_fc", params={"hidden": 8}))
     assert plain(tf.zeros((2, 32, 32, 3))).dtype == tf.float32, "the scope does not leak"
+
+
+KERAS_NOTEBOOK = [name for name in NOTEBOOK if not name.startswith("lowlevel")]
+
+
+@pytest.mark.parametrize("name", KERAS_NOTEBOOK)
+def test_notebook_keras_variants_train_on_fast_layers_and_export_plain_keras(name):
+    """The registry's notebook models add their biases through fast_layers (summed in
+    float32 in bfloat16 on a CPU); the export rebuilds them from Keras's own layers, with
+    the same weights and outputs."""
+    from pipeline.training import export
+
+    cfg = ModelConfig(name=name)
+    model = registry.build_model(cfg)
+    classes = {type(layer) for layer in _layers(model)}
+    assert fast_layers.Dense in classes
+    assert ("conv" in name) == (fast_layers.Conv2D in classes)
+    plain = export.portable_model(model, cfg)
+    assert all(type(layer).__module__.startswith("keras.") for layer in _layers(plain))
+    x = tf.constant(np.random.default_rng(0).standard_normal((4, 32, 32, 3)), tf.float32)
+    np.testing.assert_array_equal(plain(x).numpy(), model(x).numpy())
+
+
+def _layers(model):
+    stack = getattr(model, "stack", None)  # subclass.Stack keeps its layers in a list
+    return stack if stack is not None else model.layers
