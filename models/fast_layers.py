@@ -13,7 +13,7 @@ These give the same numbers in far fewer passes over memory:
 - `Conv2D`: Keras's Conv2D whose bfloat16 weight gradient on small maps is nine matrix
   products (one per kernel offset) instead of oneDNN's backward-weights convolution,
   which is slower there (docs/performance.md, "The bfloat16 weight gradient"), and whose
-  bfloat16 bias gradient is summed in float32 (`bias_add`).
+  bfloat16 bias gradient under a frozen kernel is summed in float32 (`bias_add`).
 - `Dense`: Keras's Dense whose bfloat16 bias gradient is summed in float32 too.
 """
 
@@ -308,11 +308,15 @@ class Conv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` (same weights, config and forward pass) whose weight gradient
     is `shifted_products` where that pays: bfloat16, on a CPU, a stride-1 "same" layer
     with an odd square kernel and a map `shifted_products_pay` names. Everything else, the
-    GPU and float32 included, takes the stock kernels. Its bias, in bfloat16 on a CPU, is
-    added by `bias_add`, whose gradient is summed in float32."""
+    GPU and float32 included, takes the stock kernels. Its bias, in bfloat16 on a CPU
+    under a frozen kernel (the whitening stem), is added by `bias_add`, whose gradient is
+    summed in float32. A trained kernel needs no such help: grappler fuses its filter
+    gradient and the bias gradient into one oneDNN kernel
+    (`_MklNativeConv2DBackpropFilterWithBias`), which sums in float32 and costs less than
+    the filter gradient and a separate sum (docs/performance.md, "The bias gradient")."""
 
     def call(self, inputs):
-        if not _sums_bias_in_float32(self, inputs):
+        if self.kernel.trainable or not _sums_bias_in_float32(self, inputs):
             return super().call(inputs)
         return _biased(self, self.convolution_op(inputs, self.kernel))
 

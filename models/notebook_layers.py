@@ -23,17 +23,17 @@ def init():
     return keras.initializers.VarianceScaling(scale=2.0)
 
 
-def _classes(fused: bool):
-    """(Conv2D, Dense): `fused` takes fast_layers' (same weights and forward pass; in
-    bfloat16 on a CPU their bias gradients are summed in float32, where TensorFlow's own
-    kernel sums them in bfloat16), else Keras's own, as exports and the notebook API use."""
-    if fused:
-        return fast_layers.Conv2D, fast_layers.Dense
-    return keras.layers.Conv2D, keras.layers.Dense
+def _dense(fused: bool):
+    """`fused` takes fast_layers.Dense (same weights and forward pass; in bfloat16 on a CPU
+    its bias gradient is summed in float32, where TensorFlow's `BiasAddGrad` sums in
+    bfloat16), else Keras's own, as exports and the notebook API use. The conv layers
+    stay Keras's: a trained kernel's bias gradient is already summed in float32
+    (fast_layers.Conv2D says why)."""
+    return fast_layers.Dense if fused else keras.layers.Dense
 
 
 def fc_layers(hidden: int, num_classes: int, fused: bool = False) -> list:
-    _, dense = _classes(fused)
+    dense = _dense(fused)
     return [
         keras.layers.Flatten(),
         dense(hidden, activation="relu", kernel_initializer=init()),
@@ -42,8 +42,8 @@ def fc_layers(hidden: int, num_classes: int, fused: bool = False) -> list:
 
 
 def convnet_layers(layers, num_classes: int, fused: bool = False) -> list:
-    conv, dense = _classes(fused)
     convs = [
-        conv(c, k, padding="same", activation="relu", kernel_initializer=init()) for c, k in layers
+        keras.layers.Conv2D(c, k, padding="same", activation="relu", kernel_initializer=init())
+        for c, k in layers
     ]
-    return [*convs, keras.layers.Flatten(), dense(num_classes, kernel_initializer=init())]
+    return [*convs, keras.layers.Flatten(), _dense(fused)(num_classes, kernel_initializer=init())]

@@ -2,10 +2,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.python.util import _pywrap_util_port
 
 from models import fast_layers
 from models.registry import build_model
 from pipeline.config import ModelConfig
+from pipeline.runtime import hardware
 from pipeline.training import precision
 
 
@@ -297,44 +299,85 @@ def _bias_gradient(layer, x, upstream, jit=False):
     return tf.function(step, jit_compile=jit)(x).numpy()
 
 
-def _biased_conv_pair(policy, filters):
+def _biased_conv_pair(policy, filters, frozen_kernel=True):
+    """A Keras and a fast_layers conv with biases; by default their kernels frozen, as
+    the whitening stem's: then only the bias gradient is taken."""
     with precision.policy_scope(policy):
         stock = keras.layers.Conv2D(filters, 2, padding="valid", name="stock")
         fast = fast_layers.Conv2D(filters, 2, padding="valid", name="fast")
+    for layer in (stock, fast):
+        layer.build((None, None, None, 3))
+        layer.kernel.trainable = not frozen_kernel
     return stock, fast
+
+
+def _offset_upstream(shape, seed=2):
+    """A gradient of standard deviation 0.01 with a mean away from zero, as real gradients
+    have: a bfloat16 running sum of it stalls."""
+    rng = np.random.default_rng(seed)
+    return tf.constant(rng.standard_normal(shape).astype(np.float32) * 0.01 + 0.003)
+
+
+def _exact_bias_gradient(upstream):
+    """The sum the layer's bfloat16 output gradient should give, in float64."""
+    rounded = tf.cast(tf.cast(upstream, tf.bfloat16), tf.float64)
+    return tf.reduce_sum(rounded, list(range(upstream.shape.rank - 1))).numpy()
+
+
+def _assert_summed_once(ours, exact):
+    # Rounded once to bfloat16 (8 significant bits) at the end, not per term.
+    np.testing.assert_allclose(ours, exact, rtol=2**-8, atol=2**-8 * np.abs(exact).max())
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
 @pytest.mark.parametrize("size,filters", [(31, 24), (15, 64), (3, 5)])  # the whitening stem's
 def test_bfloat16_bias_gradient_is_summed_in_float32(size, filters, jit):
-    rng = np.random.default_rng(2)
-    x = tf.constant(rng.standard_normal((64, size + 1, size + 1, 3)).astype(np.float32))
-    # A mean away from zero, as real gradients have: a bfloat16 running sum stalls.
-    upstream = rng.standard_normal((64, size, size, filters)).astype(np.float32) * 0.01 + 0.003
-    upstream = tf.constant(upstream)
+    x = tf.constant(np.random.default_rng(1).standard_normal((64, size + 1, size + 1, 3)))
+    x = tf.cast(x, tf.float32)
+    upstream = _offset_upstream((64, size, size, filters))
     stock, fast = _biased_conv_pair("mixed_bfloat16", filters)
-    stock.build(x.shape)
-    fast.build(x.shape)
     fast.set_weights(stock.get_weights())
     np.testing.assert_array_equal(fast(x).numpy(), stock(x).numpy())
-    # The sum the layer's bfloat16 output gradient should give, in float64.
-    rounded = tf.cast(tf.cast(upstream, tf.bfloat16), tf.float64)
-    exact = tf.reduce_sum(rounded, [0, 1, 2]).numpy()
+    exact = _exact_bias_gradient(upstream)
     ours = _bias_gradient(fast, x, upstream, jit)
     assert ours.dtype == np.float32  # the variable's dtype
-    # Rounded once to bfloat16 (8 significant bits) at the end, not per term.
-    np.testing.assert_allclose(ours, exact, rtol=2**-8, atol=2**-8 * np.abs(exact).max())
+    _assert_summed_once(ours, exact)
     if size == 31 and not jit:  # TensorFlow's own kernel, which this replaces, is far off
         stock_error = np.abs(_bias_gradient(stock, x, upstream) - exact).max()
         assert stock_error > 0.1 * np.abs(exact).max()
+
+
+def test_a_trained_kernel_keeps_keras_bias_and_its_fused_gradient():
+    """With the kernel trained, the layer is Keras's own; where oneDNN runs bfloat16,
+    grappler fuses the filter and bias gradients into one kernel that sums in float32."""
+    x = tf.cast(tf.constant(np.random.default_rng(1).standard_normal((64, 32, 32, 3))), tf.float32)
+    upstream = _offset_upstream((64, 31, 31, 24))
+    stock, fast = _biased_conv_pair("mixed_bfloat16", 24, frozen_kernel=False)
+    fast.set_weights(stock.get_weights())
+
+    def both_gradients(layer):
+        def step(x):
+            with tf.GradientTape() as tape:
+                loss = tf.reduce_sum(tf.cast(layer(x), tf.float32) * upstream)
+            return tape.gradient(loss, [layer.kernel, layer.bias])
+
+        graph = tf.function(step).get_concrete_function(x).graph
+        assert "BiasAddGrad" in {op.type for op in graph.get_operations()}  # Keras's path
+        return [g.numpy() for g in tf.function(step)(x)]
+
+    ours, theirs = both_gradients(fast), both_gradients(stock)
+    for a, b in zip(ours, theirs, strict=True):
+        np.testing.assert_array_equal(a, b)
+    flags = hardware.cpu_flags() or frozenset()
+    if not (hardware.bf16_units(flags) and _pywrap_util_port.IsMklEnabled()):
+        pytest.skip("oneDNN runs no bfloat16 here: the fused kernel's sum is not checked")
+    _assert_summed_once(ours[1], _exact_bias_gradient(upstream))
 
 
 def test_float32_bias_gradient_is_keras_own():
     x, _ = _conv_case(8, 3, 5, 3)
     upstream = tf.constant(np.random.default_rng(3).standard_normal((6, 7, 7, 5)), tf.float32)
     stock, fast = _biased_conv_pair("float32", 5)
-    stock.build(x.shape)
-    fast.build(x.shape)
     fast.set_weights(stock.get_weights())
     np.testing.assert_array_equal(
         _bias_gradient(fast, x, upstream), _bias_gradient(stock, x, upstream)
@@ -347,7 +390,6 @@ def test_bias_gradient_under_two_replicas_matches_one():
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
     with strategy.scope():
         _, fast = _biased_conv_pair("mixed_bfloat16", 24)
-        fast.build(x.shape)
     one = _bias_gradient(fast, x, upstream)
     summed = _two_replicas_gradient(strategy, fast, fast.bias, x, upstream)
     np.testing.assert_allclose(summed, one, rtol=2**-7, atol=2**-7 * np.abs(one).max())
@@ -362,9 +404,8 @@ def _dense_pair(policy, units):
 
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
 def test_bfloat16_dense_bias_gradient_is_summed_in_float32(jit):
-    rng = np.random.default_rng(5)
-    x = tf.constant(rng.standard_normal((512, 48)).astype(np.float32))
-    upstream = rng.standard_normal((512, 40)).astype(np.float32) * 0.01 + 0.003
+    x = tf.constant(np.random.default_rng(5).standard_normal((512, 48)).astype(np.float32))
+    upstream = _offset_upstream((512, 40))
     stock, fast = _dense_pair("mixed_bfloat16", 40)
     stock.build(x.shape)
     fast.build(x.shape)
@@ -372,10 +413,7 @@ def test_bfloat16_dense_bias_gradient_is_summed_in_float32(jit):
     fast.set_weights(stock.get_weights())
     np.testing.assert_array_equal(fast(x).numpy(), stock(x).numpy())
     assert fast.get_config() == {**stock.get_config(), "name": fast.name}
-    rounded = tf.cast(tf.cast(upstream, tf.bfloat16), tf.float64)
-    exact = tf.reduce_sum(rounded, 0).numpy()
-    ours = _bias_gradient(fast, x, tf.constant(upstream), jit)
-    np.testing.assert_allclose(ours, exact, rtol=2**-8, atol=2**-8 * np.abs(exact).max())
+    _assert_summed_once(_bias_gradient(fast, x, upstream, jit), _exact_bias_gradient(upstream))
 
 
 def test_float32_dense_is_keras_own():
