@@ -361,9 +361,10 @@ def test_a_trained_kernel_keeps_keras_bias_and_its_fused_gradient():
                 loss = tf.reduce_sum(tf.cast(layer(x), tf.float32) * upstream)
             return tape.gradient(loss, [layer.kernel, layer.bias])
 
-        graph = tf.function(step).get_concrete_function(x).graph
+        compiled = tf.function(step)
+        graph = compiled.get_concrete_function(x).graph
         assert "BiasAddGrad" in {op.type for op in graph.get_operations()}  # Keras's path
-        return [g.numpy() for g in tf.function(step)(x)]
+        return [g.numpy() for g in compiled(x)]
 
     ours, theirs = both_gradients(fast), both_gradients(stock)
     for a, b in zip(ours, theirs, strict=True):
@@ -395,10 +396,12 @@ def test_bias_gradient_under_two_replicas_matches_one():
     np.testing.assert_allclose(summed, one, rtol=2**-7, atol=2**-7 * np.abs(one).max())
 
 
-def _dense_pair(policy, units):
+def _dense_pair(policy, units, input_shape):
     with precision.policy_scope(policy):
         stock = keras.layers.Dense(units, name="stock")
         fast = fast_layers.Dense(units, name="fast")
+    stock.build(input_shape)
+    fast.build(input_shape)
     return stock, fast
 
 
@@ -406,9 +409,7 @@ def _dense_pair(policy, units):
 def test_bfloat16_dense_bias_gradient_is_summed_in_float32(jit):
     x = tf.constant(np.random.default_rng(5).standard_normal((512, 48)).astype(np.float32))
     upstream = _offset_upstream((512, 40))
-    stock, fast = _dense_pair("mixed_bfloat16", 40)
-    stock.build(x.shape)
-    fast.build(x.shape)
+    stock, fast = _dense_pair("mixed_bfloat16", 40, x.shape)
     stock.bias.assign(tf.linspace(-0.5, 0.5, 40))
     fast.set_weights(stock.get_weights())
     np.testing.assert_array_equal(fast(x).numpy(), stock(x).numpy())
@@ -419,9 +420,7 @@ def test_bfloat16_dense_bias_gradient_is_summed_in_float32(jit):
 def test_float32_dense_is_keras_own():
     x = tf.constant(np.random.default_rng(6).standard_normal((16, 12)), tf.float32)
     upstream = tf.constant(np.random.default_rng(7).standard_normal((16, 5)), tf.float32)
-    stock, fast = _dense_pair("float32", 5)
-    stock.build(x.shape)
-    fast.build(x.shape)
+    stock, fast = _dense_pair("float32", 5, x.shape)
     fast.set_weights(stock.get_weights())
     np.testing.assert_array_equal(fast(x).numpy(), stock(x).numpy())
     np.testing.assert_array_equal(
