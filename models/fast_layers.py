@@ -320,7 +320,8 @@ class Conv2D(keras.layers.Conv2D):
             return super().call(inputs)
         return _biased(self, self.convolution_op(inputs, self.kernel))
 
-    def _shifted(self, inputs, kernel) -> bool:
+    def takes_shifted_products(self, inputs, kernel) -> bool:
+        """Whether this layer's weight gradient for `inputs` is `shifted_products`."""
         k = tuple(self.kernel_size)
         return (
             _on_cpu_in_bfloat16(inputs)
@@ -337,7 +338,7 @@ class Conv2D(keras.layers.Conv2D):
         )
 
     def convolution_op(self, inputs, kernel):
-        if self._shifted(inputs, kernel):
+        if self.takes_shifted_products(inputs, kernel):
             return _conv_with_shifted_weight_gradient(inputs, tf.convert_to_tensor(kernel))
         return super().convolution_op(inputs, kernel)
 

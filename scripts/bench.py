@@ -13,6 +13,11 @@ cifar-bench train [--experiment NAME | --model NAME] [--set KEY=VALUE] [--precis
 
 cifar-bench profile [--experiment NAME | --model NAME] [--set KEY=VALUE] [--steps N]
     TensorFlow's profiler around N steps of the loop: milliseconds per step by op type.
+cifar-bench layers [--experiment NAME | --model NAME] [--set KEY=VALUE] [--precision P]
+    each trained conv layer of the net alone, in the training dtype and batch: ms and
+    GFLOP/s of its forward conv, input gradient and weight gradient (stock, and the
+    shifted products where the layer could take them), the one the layer takes, and the
+    convs' share of a step.
 cifar-bench peak [--dtypes float32,bfloat16] [--json OUT]
     the CPU's conv peak as TensorFlow reaches it: GFLOP/s of a large 3x3 NHWC conv, its
     input gradient and its weight gradient, each alone (the yardstick for `train`'s GFLOP/s).
@@ -67,6 +72,9 @@ def parse(argv=None) -> argparse.Namespace:
     _add_training_args(prof)
     prof.add_argument("--steps", type=int, default=4, help="profiled steps")
     prof.add_argument("--top", type=int, default=12, help="op types listed; the rest summed")
+    layers = sub.add_parser("layers", help="each conv layer's forward conv and gradients, ms")
+    _add_training_args(layers)
+    layers.add_argument("--repeats", type=int, default=5, help="timed calls per op (median)")
     peak = sub.add_parser("peak", help="conv GFLOP/s: forward, input and weight gradients")
     peak.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated")
     peak.add_argument("--repeats", type=int, default=5, help="timed calls per op (median)")
@@ -171,6 +179,28 @@ def bench_peak(args) -> dict:
     return {"results": results, "cpu": hardware.cpu_model(), "shape": peak.SHAPE}
 
 
+def bench_layers(args) -> dict:
+    import keras  # noqa: PLC0415 - imports TensorFlow
+    import tensorflow as tf  # noqa: PLC0415
+
+    from models import registry  # noqa: PLC0415
+    from pipeline.bench import conv_layers  # noqa: PLC0415
+    from pipeline.training import precision  # noqa: PLC0415
+
+    cfg, choice = precision.resolve(train_config(args))
+    dtype = keras.mixed_precision.Policy(cfg.train.precision).compute_dtype
+    batch = cfg.data.batch_size
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")  # each op is its own tf.function: TF warns of retracing
+    try:
+        rows = conv_layers.layer_times(registry.build_model(cfg.model), batch, dtype, args.repeats)
+    finally:
+        logger.setLevel(level)
+    print(conv_layers.format_table(rows, batch))
+    return {"layers": rows, "dtype": dtype, "settings": _settings(args, cfg, choice)}
+
+
 def bench_profile(args) -> dict:
     from pipeline.bench import op_profile  # noqa: PLC0415 - imports TensorFlow
     from pipeline.training import precision  # noqa: PLC0415
@@ -207,6 +237,7 @@ def main() -> None:
         "train": bench_train,
         "profile": bench_profile,
         "peak": bench_peak,
+        "layers": bench_layers,
     }
     result = run[args.command](args)
     if args.json:

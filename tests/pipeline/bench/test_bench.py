@@ -74,3 +74,56 @@ def test_the_conv_peak_times_the_forward_conv_and_both_gradients():
     r = peak.conv_peak("float32", repeats=1, calls=1, shape=shape)
     assert r["flops_per_op"] == 2 * 4 * 8 * 8 * 9 * 16 * 16
     assert all(r[k] > 0 for k in ("forward", "input_gradient", "weight_gradient"))
+
+
+def _layer_rows(model: str, dtype: str, model_params: dict | None = None):
+    from models import registry
+    from pipeline import experiments
+    from pipeline.bench import conv_layers
+
+    cfg = experiments.for_model(model)
+    if model_params:
+        cfg = override(cfg, {"model.params": model_params})
+    return conv_layers.layer_times(registry.build_model(cfg.model), 2, dtype, 1, 1)
+
+
+def test_layer_times_cover_each_trained_conv_with_its_flops():
+    rows = _layer_rows("custom_convnet", "float32", {"size": "tiny"})
+    # The whitening stem's kernel is frozen: its weight gradient never runs.
+    assert [r["name"] for r in rows] == [f"stage{s}_conv{d}" for s in range(3) for d in range(2)]
+    assert rows[0]["map"] == (31, 31) and rows[0]["channels"] == (24, 16)
+    assert rows[0]["flops"] == 2 * 2 * 31 * 31 * 9 * 24 * 16
+    for r in rows:
+        assert all(r[k] > 0 for k in ("forward", "input_gradient", "weight_gradient", "shifted"))
+        assert r["taken"] == "stock"  # float32 keeps the stock kernel
+
+
+def test_layer_times_name_the_weight_gradient_each_layer_takes_in_bfloat16():
+    from models.fast_layers import shifted_products_pay
+    from pipeline.bench import conv_layers
+
+    rows = _layer_rows("custom_convnet", "bfloat16", {"widths": [8, 8, 8]})
+    assert [r["taken"] == "shifted" for r in rows] == [
+        shifted_products_pay(*r["map"], *r["channels"]) for r in rows
+    ]
+    assert rows[-1]["map"] == (3, 3) and rows[-1]["taken"] == "shifted"
+    table = conv_layers.format_table(rows, batch=2)
+    assert table.count("| stage") == len(rows) and "ceiling" in table
+
+
+def test_layer_times_of_a_model_without_shapes_name_the_fix():
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match="functional or Sequential"):
+        _layer_rows("subclass_three_layer_convnet", "float32")
+    with pytest.raises(UserError, match="no trained Conv2D"):
+        _layer_rows("functional_two_layer_fc", "float32")
+
+
+def test_bench_layers_prints_the_table_and_returns_the_rows(capsys):
+    args = ["layers", "--model", "functional_three_layer_convnet", "--batch-size", "2"]
+    result = bench.bench_layers(bench.parse([*args, "--repeats", "1", "--precision", "float32"]))
+    assert result["dtype"] == "float32" and len(result["layers"]) == 2
+    assert result["settings"]["model"] == "functional_three_layer_convnet"
+    out = capsys.readouterr().out
+    assert out.count("| conv2d") == 2 and "a ceiling of" in out

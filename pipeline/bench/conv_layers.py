@@ -1,0 +1,120 @@
+"""Each trained conv layer of a model timed alone: its forward conv, input gradient and
+weight gradient (the stock kernel, and `shifted_products` where the layer could take it),
+in the training dtype, at the training batch. It shows which layers hold a step's conv time
+and whether `fast_layers.Conv2D`'s choice of weight gradient is the faster one on this CPU."""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from models import fast_layers
+from pipeline.bench.peak import conv_ops, op_seconds
+from pipeline.errors import UserError
+
+
+def trained_convs(model) -> list[keras.layers.Conv2D]:
+    """The model's 2-D convolutions whose kernels train, in order."""
+    return [
+        layer
+        for layer in getattr(model, "layers", [])
+        if isinstance(layer, keras.layers.Conv2D) and layer.kernel.trainable
+    ]
+
+
+def _shapes(layer: keras.layers.Conv2D, model_name: str):
+    """The layer's input and output shapes, which only a graph model (functional or
+    Sequential) knows before it runs."""
+    try:
+        return layer.input.shape, layer.output.shape
+    except (AttributeError, ValueError) as err:
+        raise UserError(
+            f"{model_name}'s layers have no shapes before the model runs (it is not a "
+            "functional or Sequential model); time a graph model's layers, e.g. "
+            "--experiment challenge or --model functional_three_layer_convnet"
+        ) from err
+
+
+def _could_shift(layer: keras.layers.Conv2D) -> bool:
+    """Whether `shifted_products` computes this layer's weight gradient at all."""
+    k = tuple(layer.kernel_size)
+    return (
+        layer.padding == "same"
+        and tuple(layer.strides) == (1, 1)
+        and tuple(layer.dilation_rate) == (1, 1)
+        and layer.groups == 1
+        and layer.data_format == "channels_last"
+        and k[0] == k[1]
+        and k[0] % 2 == 1
+    )
+
+
+def layer_times(model: keras.Model, batch: int, dtype: str, repeats: int = 5, calls: int = 2):
+    """Per trained conv layer of `model`: its shape, FLOPs per op and the ms of each op.
+
+    Returns a list of dicts: name, map (h, w of its input), channels (in, out), flops,
+    forward / input_gradient / weight_gradient ms (stock kernels), shifted ms (None where
+    the layer cannot take it) and `taken`, the weight gradient the layer runs in training
+    ("shifted" or "stock": fast_layers.Conv2D's rule, stock for any other Conv2D).
+    """
+    dt = tf.as_dtype(dtype)
+    rows = []
+    convs = trained_convs(model)
+    if not convs:
+        raise UserError(
+            f"{getattr(model, 'name', 'the model')} has no trained Conv2D layer to time; "
+            "choose a convnet (cifar-train --list names them)"
+        )
+    for i, layer in enumerate(convs):
+        (_, h, w, c_in), (_, oh, ow, c_out) = _shapes(layer, model.name)
+        k = tuple(layer.kernel_size)
+        x = tf.cast(tf.random.stateless_normal([batch, h, w, c_in], seed=[i, 1]), dt)
+        kernel = tf.cast(tf.random.stateless_normal([*k, c_in, c_out], seed=[i, 2]) * 0.05, dt)
+        dy = tf.cast(tf.random.stateless_normal([batch, oh, ow, c_out], seed=[i, 3]), dt)
+        padding = layer.padding.upper()
+        ops = conv_ops(x, kernel, dy, strides=layer.strides[0], padding=padding)
+        if _could_shift(layer):
+            ops["shifted"] = lambda x=x, dy=dy, k=k[0]: fast_layers.shifted_products(x, dy, k)
+        ms = {name: 1e3 * op_seconds(op, repeats, calls) for name, op in ops.items()}
+        shifted = isinstance(layer, fast_layers.Conv2D) and layer.takes_shifted_products(x, kernel)
+        rows.append(
+            {
+                "name": layer.name,
+                "map": (h, w),
+                "channels": (c_in, c_out),
+                "flops": 2 * batch * oh * ow * k[0] * k[1] * c_in * c_out,
+                **ms,
+                "shifted": ms.get("shifted"),
+                "taken": "shifted" if shifted else "stock",
+            }
+        )
+    return rows
+
+
+def format_table(rows: list[dict], batch: int) -> str:
+    """A markdown table of `layer_times`, ms and GFLOP/s, and the conv time of one step."""
+
+    def cell(ms, flops):
+        return "" if ms is None else f"{ms:,.1f} ({flops / ms / 1e6:,.0f})"
+
+    lines = [
+        "| layer | map | channels | forward | input gradient | weight gradient | shifted "
+        "products | taken |",
+        "|---|---|---|---:|---:|---:|---:|---|",
+    ]
+    total = 0.0
+    for r in rows:
+        f = r["flops"]
+        taken = r["shifted"] if r["taken"] == "shifted" else r["weight_gradient"]
+        total += r["forward"] + r["input_gradient"] + taken
+        lines.append(
+            f"| {r['name']} | {r['map'][0]}x{r['map'][1]} | {r['channels'][0]} -> "
+            f"{r['channels'][1]} | {cell(r['forward'], f)} | {cell(r['input_gradient'], f)} | "
+            f"{cell(r['weight_gradient'], f)} | {cell(r['shifted'], f)} | {r['taken']} |"
+        )
+    lines.append(
+        f"\nms (GFLOP/s) per op at batch {batch}. The convs of one training step, with the "
+        f"weight gradient each layer takes: {total:,.0f} ms, a ceiling of "
+        f"{batch / total * 1e3:,.0f} images/s for the convs alone."
+    )
+    return "\n".join(lines)
