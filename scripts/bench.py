@@ -13,11 +13,11 @@ cifar-bench train [--experiment NAME | --model NAME] [--set KEY=VALUE] [--precis
 
 cifar-bench profile [--experiment NAME | --model NAME] [--set KEY=VALUE] [--steps N]
     TensorFlow's profiler around N steps of the loop: milliseconds per step by op type.
-cifar-bench layers [--experiment NAME | --model NAME] [--set KEY=VALUE] [--precision P]
+cifar-bench layers [--experiment NAME | --model NAME] [--set KEY=VALUE] [--precision P] [--torch]
     each trained conv layer of the net alone, in the training dtype and batch: ms and
     GFLOP/s of its forward conv, input gradient and weight gradient (stock, and the
     shifted products where the layer could take them), the one the layer takes, and the
-    convs' share of a step.
+    convs' share of a step; with --torch, PyTorch's kernels on the same layers.
 cifar-bench peak [--dtypes float32,bfloat16] [--json OUT]
     the CPU's conv peak as TensorFlow reaches it: GFLOP/s of a large 3x3 NHWC conv, its
     input gradient and its weight gradient, each alone (the yardstick for `train`'s GFLOP/s).
@@ -75,6 +75,11 @@ def parse(argv=None) -> argparse.Namespace:
     layers = sub.add_parser("layers", help="each conv layer's forward conv and gradients, ms")
     _add_training_args(layers)
     layers.add_argument("--repeats", type=int, default=5, help="timed calls per op (median)")
+    layers.add_argument(
+        "--torch",
+        action="store_true",
+        help="also PyTorch's kernels on each layer (the `compare` extra)",
+    )
     peak = sub.add_parser("peak", help="conv GFLOP/s: forward, input and weight gradients")
     peak.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated")
     peak.add_argument("--repeats", type=int, default=5, help="timed calls per op (median)")
@@ -197,8 +202,22 @@ def bench_layers(args) -> dict:
         rows = conv_layers.layer_times(registry.build_model(cfg.model), batch, dtype, args.repeats)
     finally:
         logger.setLevel(level)
+    if args.torch:
+        _add_torch_layer_times(rows, batch, dtype, args.repeats)
     print(conv_layers.format_table(rows, batch))
     return {"layers": rows, "dtype": dtype, "settings": _settings(args, cfg, choice)}
+
+
+def _add_torch_layer_times(rows: list[dict], batch: int, dtype: str, repeats: int) -> None:
+    from pipeline.bench import torch_twin  # noqa: PLC0415
+
+    if not torch_twin.available():
+        raise torch_twin.TwinError(
+            "--torch needs PyTorch: pip install -e '.[compare]' -c constraints.txt"
+        )
+    times = torch_twin.conv_layer_times(rows, batch, dtype, repeats)
+    for row, torch_times in zip(rows, times, strict=True):
+        row["torch"] = torch_times
 
 
 def bench_profile(args) -> dict:

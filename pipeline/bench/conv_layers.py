@@ -82,6 +82,9 @@ def layer_times(model: keras.Model, batch: int, dtype: str, repeats: int = 5, ca
                 "name": layer.name,
                 "map": (h, w),
                 "channels": (c_in, c_out),
+                "kernel": k,
+                "stride": layer.strides[0],
+                "padding": layer.padding,
                 "flops": 2 * batch * oh * ow * k[0] * k[1] * c_in * c_out,
                 **ms,
                 "shifted": ms.get("shifted"),
@@ -92,25 +95,32 @@ def layer_times(model: keras.Model, batch: int, dtype: str, repeats: int = 5, ca
 
 
 def format_table(rows: list[dict], batch: int) -> str:
-    """A markdown table of `layer_times`, ms and GFLOP/s, and the conv time of one step."""
+    """A markdown table of `layer_times`, ms and GFLOP/s, and the conv time of one step;
+    PyTorch's columns too where the rows hold them ("torch")."""
 
     def cell(ms, flops):
         return "" if ms is None else f"{ms:,.1f} ({flops / ms / 1e6:,.0f})"
 
-    lines = [
+    with_torch = any(r.get("torch") for r in rows)
+    ops = ("forward", "input_gradient", "weight_gradient")
+    header = (
         "| layer | map | channels | forward | input gradient | weight gradient | shifted "
-        "products | taken |",
-        "|---|---|---|---:|---:|---:|---:|---|",
-    ]
+        "products | taken |"
+    )
+    if with_torch:
+        header += " PyTorch forward | PyTorch input gradient | PyTorch weight gradient |"
+    lines = [header, "|---|---|---|" + "---:|" * 4 + "---|" + "---:|" * (3 * with_torch)]
     total = 0.0
     for r in rows:
         f = r["flops"]
         taken = r["shifted"] if r["taken"] == "shifted" else r["weight_gradient"]
         total += r["forward"] + r["input_gradient"] + taken
+        cells = [cell(r[op], f) for op in ops] + [cell(r["shifted"], f), r["taken"]]
+        if with_torch:
+            cells += [cell((r.get("torch") or {}).get(op), f) for op in ops]
         lines.append(
             f"| {r['name']} | {r['map'][0]}x{r['map'][1]} | {r['channels'][0]} -> "
-            f"{r['channels'][1]} | {cell(r['forward'], f)} | {cell(r['input_gradient'], f)} | "
-            f"{cell(r['weight_gradient'], f)} | {cell(r['shifted'], f)} | {r['taken']} |"
+            f"{r['channels'][1]} | " + " | ".join(cells) + " |"
         )
     lines.append(
         f"\nms (GFLOP/s) per op at batch {batch}. The convs of one training step, with the "

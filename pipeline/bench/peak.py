@@ -3,25 +3,13 @@ its two gradients timed alone, in GFLOP/s, the yardstick for a training step's G
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import tensorflow as tf
+
+from pipeline.bench.timing import median_seconds
 
 # A large 3x3 layer (airbench94's middle block at batch 256): big enough that oneDNN's
 # best kernel runs at full speed on every core.
 SHAPE = {"batch": 256, "size": 16, "channels": 256}
-
-
-def _timed(fn, repeats: int) -> float:
-    """Median seconds of `fn()` over `repeats` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def op_seconds(op, repeats: int, calls: int) -> float:
@@ -36,7 +24,7 @@ def op_seconds(op, repeats: int, calls: int) -> float:
             total += tf.cast(tf.reshape(op(), [-1])[0], tf.float32)
         return total
 
-    return _timed(lambda: run().numpy(), repeats) / calls
+    return median_seconds(lambda: run().numpy(), repeats) / calls
 
 
 def conv_ops(x, w, dy, strides: int, padding: str) -> dict:

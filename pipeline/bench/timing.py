@@ -21,6 +21,17 @@ def time_passes(one_pass: Callable[[], int], repeats: int, warmup: int = 1) -> d
     return {"median": statistics.median(runs), "runs": runs, "images": images}
 
 
+def median_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """Median seconds of `fn()` over `repeats` calls, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def schedule_length(steps: int) -> RunLength:
     """The learning-rate schedule every contender follows: 10 epochs of `steps` steps."""
     return RunLength(steps, 10 * steps)

@@ -244,3 +244,51 @@ def train_throughput(cfg: Config, images: np.ndarray, labels: np.ndarray, steps:
     result = time_passes(one_pass, repeats)
     result["trainable_parameters"] = trainable_parameters(model)
     return result
+
+
+def conv_layer_times(layers: list[dict], batch: int, dtype: str, repeats: int) -> list[dict]:
+    """PyTorch's ms for each layer's forward conv, input gradient and weight gradient, each
+    alone (`convolution_backward` for one gradient per call, channels-last), for the layers
+    `conv_layers.layer_times` describes (map, channels, kernel, stride, padding). A layer
+    PyTorch pads differently (a strided "same" conv) gets None."""
+    import torch  # noqa: PLC0415
+
+    from pipeline.bench.timing import median_seconds  # noqa: PLC0415
+
+    dt = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(dtype)
+    if dt is None:
+        raise TwinError(
+            f"the PyTorch layer timings run on the CPU: float32 or bfloat16, not {dtype}"
+        )
+    generator = torch.Generator().manual_seed(0)
+    times = []
+    for layer in layers:
+        if layer["stride"] != 1 and layer["padding"] == "same":
+            times.append(None)
+            continue
+        (h, w), (c_in, c_out), (kh, kw) = layer["map"], layer["channels"], layer["kernel"]
+        pad = [kh // 2, kw // 2] if layer["padding"] == "same" else [0, 0]
+
+        def tensor(*shape):
+            t = torch.randn(*shape, generator=generator).to(dt)
+            return t.contiguous(memory_format=torch.channels_last)
+
+        x, weight = tensor(batch, c_in, h, w), tensor(c_out, c_in, kh, kw) * 0.05
+        stride = [layer["stride"]] * 2
+        dy = tensor(*torch.nn.functional.conv2d(x, weight, stride=stride, padding=pad).shape)
+
+        def backward(mask, x=x, weight=weight, dy=dy, stride=stride, pad=pad):
+            return lambda: torch.ops.aten.convolution_backward(
+                dy, x, weight, None, stride, pad, [1, 1], False, [0, 0], 1, mask
+            )
+
+        ops = {
+            "forward": lambda x=x, weight=weight, stride=stride, pad=pad: (
+                torch.nn.functional.conv2d(x, weight, stride=stride, padding=pad)
+            ),
+            "input_gradient": backward([True, False, False]),
+            "weight_gradient": backward([False, True, False]),
+        }
+        with torch.no_grad():
+            times.append({k: 1e3 * median_seconds(op, repeats) for k, op in ops.items()})
+    return times

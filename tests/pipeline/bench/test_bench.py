@@ -127,3 +127,18 @@ def test_bench_layers_prints_the_table_and_returns_the_rows(capsys):
     assert result["settings"]["model"] == "functional_three_layer_convnet"
     out = capsys.readouterr().out
     assert out.count("| conv2d") == 2 and "a ceiling of" in out
+
+
+def test_layer_times_of_pytorch_fill_the_torch_columns():
+    pytest.importorskip("torch", reason="the `compare` extra: pip install -e '.[compare]'")
+    from pipeline.bench import conv_layers
+
+    rows = _layer_rows("custom_convnet", "float32", {"size": "tiny"})
+    times = torch_twin.conv_layer_times(rows, batch=2, dtype="float32", repeats=1)
+    assert len(times) == len(rows)
+    assert all(t[op] > 0 for t in times for op in ("forward", "input_gradient", "weight_gradient"))
+    for row, t in zip(rows, times, strict=True):
+        row["torch"] = t
+    table = conv_layers.format_table(rows, batch=2)
+    assert "PyTorch weight gradient" in table
+    assert all(line.count("|") == 12 for line in table.splitlines() if line.startswith("| stage"))
