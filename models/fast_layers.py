@@ -303,6 +303,21 @@ def _biased(layer, outputs):
     return outputs if layer.activation is None else layer.activation(outputs)
 
 
+def fits_shifted_products(layer: keras.layers.Conv2D) -> bool:
+    """Whether `shifted_products` computes this conv's weight gradient at all: channels
+    last, stride 1, "same", no dilation or groups, an odd square kernel."""
+    k = tuple(layer.kernel_size)
+    return (
+        layer.data_format == "channels_last"
+        and layer.padding == "same"
+        and tuple(layer.strides) == (1, 1)
+        and tuple(layer.dilation_rate) == (1, 1)
+        and layer.groups == 1
+        and k[0] == k[1]
+        and k[0] % 2 == 1
+    )
+
+
 @keras.saving.register_keras_serializable(package="cifar_pipeline")
 class Conv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` (same weights, config and forward pass) whose weight gradient
@@ -322,18 +337,11 @@ class Conv2D(keras.layers.Conv2D):
 
     def takes_shifted_products(self, inputs, kernel) -> bool:
         """Whether this layer's weight gradient for `inputs` is `shifted_products`."""
-        k = tuple(self.kernel_size)
         return (
             _on_cpu_in_bfloat16(inputs)
             and inputs.shape.rank == 4
             and None not in inputs.shape[1:]
-            and self.data_format == "channels_last"
-            and self.padding == "same"
-            and tuple(self.strides) == (1, 1)
-            and tuple(self.dilation_rate) == (1, 1)
-            and self.groups == 1
-            and k[0] == k[1]
-            and k[0] % 2 == 1
+            and fits_shifted_products(self)
             and shifted_products_pay(*inputs.shape[1:3], inputs.shape[-1], kernel.shape[-1])
         )
 

@@ -35,20 +35,6 @@ def _shapes(layer: keras.layers.Conv2D, model_name: str):
         ) from err
 
 
-def _could_shift(layer: keras.layers.Conv2D) -> bool:
-    """Whether `shifted_products` computes this layer's weight gradient at all."""
-    k = tuple(layer.kernel_size)
-    return (
-        layer.padding == "same"
-        and tuple(layer.strides) == (1, 1)
-        and tuple(layer.dilation_rate) == (1, 1)
-        and layer.groups == 1
-        and layer.data_format == "channels_last"
-        and k[0] == k[1]
-        and k[0] % 2 == 1
-    )
-
-
 def layer_times(model: keras.Model, batch: int, dtype: str, repeats: int = 5, calls: int = 2):
     """Per trained conv layer of `model`: its shape, FLOPs per op and the ms of each op.
 
@@ -73,7 +59,7 @@ def layer_times(model: keras.Model, batch: int, dtype: str, repeats: int = 5, ca
         dy = tf.cast(tf.random.stateless_normal([batch, oh, ow, c_out], seed=[i, 3]), dt)
         padding = layer.padding.upper()
         ops = conv_ops(x, kernel, dy, strides=layer.strides[0], padding=padding)
-        if _could_shift(layer):
+        if fast_layers.fits_shifted_products(layer):
             ops["shifted"] = lambda x=x, dy=dy, k=k[0]: fast_layers.shifted_products(x, dy, k)
         ms = {name: 1e3 * op_seconds(op, repeats, calls) for name, op in ops.items()}
         shifted = isinstance(layer, fast_layers.Conv2D) and layer.takes_shifted_products(x, kernel)

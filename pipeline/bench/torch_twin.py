@@ -250,7 +250,8 @@ def conv_layer_times(layers: list[dict], batch: int, dtype: str, repeats: int) -
     """PyTorch's ms for each layer's forward conv, input gradient and weight gradient, each
     alone (`convolution_backward` for one gradient per call, channels-last), for the layers
     `conv_layers.layer_times` describes (map, channels, kernel, stride, padding). A layer
-    PyTorch pads differently (a strided "same" conv) gets None."""
+    whose "same" padding PyTorch cannot match with one symmetric pad (strided, or an even
+    kernel) gets None."""
     import torch  # noqa: PLC0415
 
     from pipeline.bench.timing import median_seconds  # noqa: PLC0415
@@ -263,10 +264,10 @@ def conv_layer_times(layers: list[dict], batch: int, dtype: str, repeats: int) -
     generator = torch.Generator().manual_seed(0)
     times = []
     for layer in layers:
-        if layer["stride"] != 1 and layer["padding"] == "same":
+        (h, w), (c_in, c_out), (kh, kw) = layer["map"], layer["channels"], layer["kernel"]
+        if layer["padding"] == "same" and (layer["stride"] != 1 or kh % 2 == 0 or kw % 2 == 0):
             times.append(None)
             continue
-        (h, w), (c_in, c_out), (kh, kw) = layer["map"], layer["channels"], layer["kernel"]
         pad = [kh // 2, kw // 2] if layer["padding"] == "same" else [0, 0]
 
         def tensor(*shape):
