@@ -10,10 +10,12 @@ These give the same numbers in far fewer passes over memory:
   Under a strategy with more than one replica it normalises with the statistics of the
   global batch (synchronized, as Keras's `synchronized=True`), so N replicas train as one.
 - `gelu`: exact (erf) GELU whose forward and backward are each one XLA-fused loop.
-- `Conv2D`: Keras's Conv2D whose bfloat16 weight gradient on small maps is nine matrix
-  products (one per kernel offset) instead of oneDNN's backward-weights convolution,
-  which is slower there (docs/performance.md, "The bfloat16 weight gradient"), and whose
-  bfloat16 bias gradient under a frozen kernel is summed in float32 (`bias_add`).
+- `Conv2D`: Keras's Conv2D whose bfloat16 weight gradient skips oneDNN's backward-weights
+  convolution where that is slow: on CPUs with AVX512-BF16 and no AMX, a native op
+  (models/native, docs/performance.md "A native weight gradient"); elsewhere, on small
+  maps, nine matrix products, one per kernel offset (docs/performance.md, "The bfloat16
+  weight gradient"). Its bfloat16 bias gradient under a frozen kernel is summed in
+  float32 (`bias_add`).
 - `Dense`: Keras's Dense whose bfloat16 bias gradient is summed in float32 too.
 """
 
@@ -23,6 +25,9 @@ import math
 
 import keras
 import tensorflow as tf
+from tensorflow.python.ops import control_flow_util
+
+from models.native import library
 
 _SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -232,6 +237,20 @@ def shifted_products_pay(height: int, width: int, in_channels: int, out_channels
     )
 
 
+# Where the native op beats TensorFlow's bfloat16 weight gradient (on the CPUs it runs on,
+# models/native/library.py): at least 24 input and 32 output channels; fewer leave its
+# register blocks part empty, and the stock kernel ties or wins (docs/performance.md, "A
+# native weight gradient"). Every trained conv of the challenge nets qualifies.
+_NATIVE_MIN_IN_CHANNELS = 24
+_NATIVE_MIN_OUT_CHANNELS = 32
+
+
+def native_pays(in_channels: int, out_channels: int) -> bool:
+    """Whether a bfloat16 weight gradient with these channels is faster as the native op,
+    where this CPU takes it."""
+    return in_channels >= _NATIVE_MIN_IN_CHANNELS and out_channels >= _NATIVE_MIN_OUT_CHANNELS
+
+
 def shifted_products(x, upstream, kernel_size: int):
     """The weight gradient of a stride-1 "same" convolution with an odd square kernel, as
     one matrix product per kernel offset: dW[i, j] = sum over pixels of
@@ -254,9 +273,9 @@ def shifted_products(x, upstream, kernel_size: int):
     return tf.reshape(tf.stack(offsets), [kernel_size, kernel_size, in_channels, out_channels])
 
 
-@tf.custom_gradient
-def _conv_with_shifted_weight_gradient(x, kernel):
-    """tf.nn.conv2d, stride 1, "same"; its weight gradient is `shifted_products`."""
+def _conv_with(x, kernel, weight_gradient):
+    """tf.nn.conv2d, stride 1, "same", and its gradient function (for `tf.custom_gradient`)
+    whose weight gradient is `weight_gradient(upstream)`."""
 
     def grad(upstream):
         dx = tf.raw_ops.Conv2DBackpropInput(
@@ -266,9 +285,27 @@ def _conv_with_shifted_weight_gradient(x, kernel):
             strides=[1, 1, 1, 1],
             padding="SAME",
         )
-        return dx, shifted_products(x, upstream, kernel.shape[0])
+        return dx, weight_gradient(upstream)
 
     return tf.nn.conv2d(x, kernel, 1, "SAME"), grad
+
+
+@tf.custom_gradient
+def _conv_with_shifted_weight_gradient(x, kernel):
+    """tf.nn.conv2d, stride 1, "same"; its weight gradient is `shifted_products`."""
+    return _conv_with(x, kernel, lambda upstream: shifted_products(x, upstream, kernel.shape[0]))
+
+
+@tf.custom_gradient
+def _conv_with_native_weight_gradient(x, kernel):
+    """tf.nn.conv2d, stride 1, "same", in bfloat16; its weight gradient is the native
+    `Bf16ConvFilterGrad` op (models/native), summed in float32 and rounded once."""
+    native = library.conv_filter_grad_bf16()
+
+    def weight_gradient(upstream):
+        return tf.cast(native(x, upstream, kernel_size=kernel.shape[0]), kernel.dtype)
+
+    return _conv_with(x, kernel, weight_gradient)
 
 
 @tf.custom_gradient
@@ -288,6 +325,11 @@ def bias_add(x, bias):
 
 def _on_cpu_in_bfloat16(x) -> bool:
     return x.dtype == tf.bfloat16 and not tf.config.list_logical_devices("GPU")
+
+
+def _in_xla() -> bool:
+    """Whether the graph being traced compiles with XLA, which cannot run a native op."""
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def _sums_bias_in_float32(layer, x) -> bool:
@@ -320,10 +362,11 @@ def fits_shifted_products(layer: keras.layers.Conv2D) -> bool:
 
 @keras.saving.register_keras_serializable(package="cifar_pipeline")
 class Conv2D(keras.layers.Conv2D):
-    """`keras.layers.Conv2D` (same weights, config and forward pass) whose weight gradient
-    is `shifted_products` where that pays: bfloat16, on a CPU, a stride-1 "same" layer
-    with an odd square kernel and a map `shifted_products_pay` names. Everything else, the
-    GPU and float32 included, takes the stock kernels. Its bias, in bfloat16 on a CPU
+    """`keras.layers.Conv2D` (same weights, config and forward pass) whose weight gradient,
+    in bfloat16 on a CPU for a stride-1 "same" layer with an odd square kernel, is the
+    native op where this CPU takes it and `native_pays`, else `shifted_products` where
+    `shifted_products_pay` (`weight_gradient` names the choice). Everything else, the GPU,
+    XLA and float32 included, takes the stock kernels. Its bias, in bfloat16 on a CPU
     under a frozen kernel (the whitening stem), is added by `bias_add`, whose gradient is
     summed in float32. A trained kernel needs no such help: grappler fuses its filter
     gradient and the bias gradient into one oneDNN kernel
@@ -335,20 +378,33 @@ class Conv2D(keras.layers.Conv2D):
             return super().call(inputs)
         return _biased(self, self.convolution_op(inputs, self.kernel))
 
-    def takes_shifted_products(self, inputs, kernel) -> bool:
-        """Whether this layer's weight gradient for `inputs` is `shifted_products`."""
-        return (
+    def weight_gradient(self, inputs, kernel) -> str:
+        """Which weight gradient this layer takes for `inputs` in training: "native" (the
+        `Bf16ConvFilterGrad` op, where this CPU takes it), "shifted" (`shifted_products`,
+        where they pay) or "stock" (TensorFlow's kernel)."""
+        if not (
             _on_cpu_in_bfloat16(inputs)
             and inputs.shape.rank == 4
             and None not in inputs.shape[1:]
             and fits_shifted_products(self)
-            and shifted_products_pay(*inputs.shape[1:3], inputs.shape[-1], kernel.shape[-1])
-        )
+        ):
+            return "stock"
+        native = library.conv_filter_grad_bf16() is not None and not _in_xla()
+        if native and native_pays(inputs.shape[-1], kernel.shape[-1]):
+            return "native"
+        if shifted_products_pay(*inputs.shape[1:3], inputs.shape[-1], kernel.shape[-1]):
+            return "shifted"
+        return "stock"
 
     def convolution_op(self, inputs, kernel):
-        if self.takes_shifted_products(inputs, kernel):
-            return _conv_with_shifted_weight_gradient(inputs, tf.convert_to_tensor(kernel))
-        return super().convolution_op(inputs, kernel)
+        taken = self.weight_gradient(inputs, kernel)
+        if taken == "stock":
+            return super().convolution_op(inputs, kernel)
+        fused = {
+            "native": _conv_with_native_weight_gradient,
+            "shifted": _conv_with_shifted_weight_gradient,
+        }[taken]
+        return fused(inputs, tf.convert_to_tensor(kernel))
 
 
 @keras.saving.register_keras_serializable(package="cifar_pipeline")

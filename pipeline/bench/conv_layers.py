@@ -1,7 +1,8 @@
 """Each trained conv layer of a model timed alone: its forward conv, input gradient and
-weight gradient (the stock kernel, and `shifted_products` where the layer could take it),
-in the training dtype, at the training batch. It shows which layers hold a step's conv time
-and whether `fast_layers.Conv2D`'s choice of weight gradient is the faster one on this CPU."""
+weight gradient (the stock kernel, and `shifted_products` and the native op where the
+layer could take them), in the training dtype, at the training batch. It shows which
+layers hold a step's conv time and whether `fast_layers.Conv2D`'s choice of weight
+gradient is the faster one on this CPU."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import keras
 import tensorflow as tf
 
 from models import fast_layers
+from models.native import library
 from pipeline.bench.peak import conv_ops, op_seconds
 from pipeline.errors import UserError
 
@@ -39,9 +41,10 @@ def layer_times(model: keras.Model, batch: int, dtype: str, repeats: int = 5, ca
     """Per trained conv layer of `model`: its shape, FLOPs per op and the ms of each op.
 
     Returns a list of dicts: name, map (h, w of its input), channels (in, out), flops,
-    forward / input_gradient / weight_gradient ms (stock kernels), shifted ms (None where
-    the layer cannot take it) and `taken`, the weight gradient the layer runs in training
-    ("shifted" or "stock": fast_layers.Conv2D's rule, stock for any other Conv2D).
+    forward / input_gradient / weight_gradient ms (stock kernels), shifted and native ms
+    (None where the layer, or this CPU, cannot take them) and `taken`, the weight gradient
+    the layer runs in training ("native", "shifted" or "stock": fast_layers.Conv2D's
+    `weight_gradient`, stock for any other Conv2D).
     """
     dt = tf.as_dtype(dtype)
     rows = []
@@ -59,10 +62,15 @@ def layer_times(model: keras.Model, batch: int, dtype: str, repeats: int = 5, ca
         dy = tf.cast(tf.random.stateless_normal([batch, oh, ow, c_out], seed=[i, 3]), dt)
         padding = layer.padding.upper()
         ops = conv_ops(x, kernel, dy, strides=layer.strides[0], padding=padding)
+        native = library.conv_filter_grad_bf16() if dt == tf.bfloat16 else None
         if fast_layers.fits_shifted_products(layer):
             ops["shifted"] = lambda x=x, dy=dy, k=k[0]: fast_layers.shifted_products(x, dy, k)
+            if native is not None:
+                ops["native"] = lambda x=x, dy=dy, k=k[0], op=native: op(x, dy, kernel_size=k)
         ms = {name: 1e3 * op_seconds(op, repeats, calls) for name, op in ops.items()}
-        shifted = isinstance(layer, fast_layers.Conv2D) and layer.takes_shifted_products(x, kernel)
+        taken = "stock"
+        if isinstance(layer, fast_layers.Conv2D):
+            taken = layer.weight_gradient(x, kernel)
         rows.append(
             {
                 "name": layer.name,
@@ -74,7 +82,8 @@ def layer_times(model: keras.Model, batch: int, dtype: str, repeats: int = 5, ca
                 "flops": 2 * batch * oh * ow * k[0] * k[1] * c_in * c_out,
                 **ms,
                 "shifted": ms.get("shifted"),
-                "taken": "shifted" if shifted else "stock",
+                "native": ms.get("native"),
+                "taken": taken,
             }
         )
     return rows
@@ -91,17 +100,18 @@ def format_table(rows: list[dict], batch: int) -> str:
     ops = ("forward", "input_gradient", "weight_gradient")
     header = (
         "| layer | map | channels | forward | input gradient | weight gradient | shifted "
-        "products | taken |"
+        "products | native | taken |"
     )
     if with_torch:
         header += " PyTorch forward | PyTorch input gradient | PyTorch weight gradient |"
-    lines = [header, "|---|---|---|" + "---:|" * 4 + "---|" + "---:|" * (3 * with_torch)]
+    lines = [header, "|---|---|---|" + "---:|" * 5 + "---|" + "---:|" * (3 * with_torch)]
     total = 0.0
     for r in rows:
         f = r["flops"]
-        taken = r["shifted"] if r["taken"] == "shifted" else r["weight_gradient"]
+        taken = r["weight_gradient"] if r["taken"] == "stock" else r[r["taken"]]
         total += r["forward"] + r["input_gradient"] + taken
-        cells = [cell(r[op], f) for op in ops] + [cell(r["shifted"], f), r["taken"]]
+        cells = [cell(r[op], f) for op in ops]
+        cells += [cell(r.get(choice), f) for choice in ("shifted", "native")] + [r["taken"]]
         if with_torch:
             cells += [cell((r.get("torch") or {}).get(op), f) for op in ops]
         lines.append(

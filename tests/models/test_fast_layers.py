@@ -5,6 +5,7 @@ import tensorflow as tf
 from tensorflow.python.util import _pywrap_util_port
 
 from models import fast_layers
+from models.native import library
 from models.registry import build_model
 from pipeline.config import ModelConfig
 from pipeline.runtime import hardware
@@ -158,10 +159,10 @@ def test_fused_and_stock_custom_convnet_compute_the_same():
         np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-5)  # BN running statistics
 
 
-def _conv_case(size, in_channels, out_channels, kernel, seed=0):
+def _conv_case(size, in_channels, out_channels, kernel, seed=0, batch=6):
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal((6, size, size, in_channels)).astype(np.float32)
-    upstream = rng.standard_normal((6, size, size, out_channels)).astype(np.float32)
+    x = rng.standard_normal((batch, size, size, in_channels)).astype(np.float32)
+    upstream = rng.standard_normal((batch, size, size, out_channels)).astype(np.float32)
     return tf.constant(x), tf.constant(upstream)
 
 
@@ -224,14 +225,18 @@ def _conv_step(layer, x, upstream, jit=False):
     return [g.numpy().astype(np.float32) for g in tf.function(step, jit_compile=jit)(x)]
 
 
-def _weight_gradient_ops(layer, x):
+def _weight_gradient_ops(layer, x, jit=False):
     def step(x):
         with tf.GradientTape() as tape:
             loss = tf.reduce_sum(tf.cast(layer(x), tf.float32))
         return tape.gradient(loss, layer.kernel)
 
-    graph = tf.function(step).get_concrete_function(x).graph
+    graph = tf.function(step, jit_compile=jit).get_concrete_function(x).graph
     return {op.type for op in graph.get_operations()}
+
+
+# The op each weight gradient adds to the graph; the stock kernel adds neither.
+_TAKEN_OPS = {"native": "Bf16ConvFilterGrad", "shifted": "MatMul"}
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
@@ -241,8 +246,13 @@ def test_fast_conv_trains_like_keras_conv_in_bfloat16(jit):
     stock.build(x.shape)
     fast.build(x.shape)
     fast.kernel.assign(stock.kernel)
-    assert "MatMul" in _weight_gradient_ops(fast, x)  # the shifted products do run
-    assert "MatMul" not in _weight_gradient_ops(stock, x)
+    # Where this CPU runs the native op the layer takes it, except under XLA, which
+    # cannot compile it: the shifted products run there.
+    native = library.conv_filter_grad_bf16() is not None and not jit
+    taken = "native" if native else "shifted"
+    ops = _weight_gradient_ops(fast, x, jit)
+    assert {_TAKEN_OPS[taken]} == set(_TAKEN_OPS.values()) & ops
+    assert not set(_TAKEN_OPS.values()) & _weight_gradient_ops(stock, x, jit)
     for ours, theirs in zip(
         _conv_step(fast, x, upstream, jit), _conv_step(stock, x, upstream, jit), strict=True
     ):
@@ -250,15 +260,77 @@ def test_fast_conv_trains_like_keras_conv_in_bfloat16(jit):
     assert fast.get_config() == {**stock.get_config(), "name": fast.name}
 
 
+def _native_op():
+    op = library.conv_filter_grad_bf16()
+    if op is None:
+        pytest.skip("this CPU does not take the native op (AVX512-BF16 without AMX)")
+    return op
+
+
+@pytest.mark.parametrize(
+    "batch,size,in_channels,out_channels,kernel",
+    # airbench94's maps and widths at a test's batch; an odd batch (its last image has
+    # no pair), channels and filters that fill no register block, 1x1 and 5x5 kernels
+    [
+        (4, 7, 256, 256, 3),
+        (6, 3, 256, 256, 3),
+        (2, 31, 24, 64, 3),
+        (5, 15, 64, 64, 3),
+        (3, 5, 7, 10, 3),
+        (4, 6, 13, 70, 5),
+        (3, 4, 6, 17, 1),
+    ],
+)
+def test_native_weight_gradient_is_the_convolution_weight_gradient(
+    batch, size, in_channels, out_channels, kernel
+):
+    op = _native_op()
+    x, upstream = _conv_case(size, in_channels, out_channels, kernel, batch=batch)
+    xb, ub = tf.cast(x, tf.bfloat16), tf.cast(upstream, tf.bfloat16)
+    # Products of bfloat16 are exact in float32, and the op sums in float32: it matches
+    # the float32 kernel on the rounded inputs to float32's accuracy.
+    exact = _stock_weight_gradient(tf.cast(xb, tf.float32), tf.cast(ub, tf.float32), kernel)
+    ours = op(xb, ub, kernel_size=kernel)
+    assert ours.dtype == tf.float32 and ours.shape == exact.shape
+    np.testing.assert_allclose(ours.numpy(), exact.numpy(), atol=1e-5 * np.abs(exact).max())
+
+
+def test_native_op_names_what_it_expected():
+    op = _native_op()
+    x = tf.zeros([2, 4, 4, 8], tf.bfloat16)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="keeps N, H and W"):
+        op(x, tf.zeros([2, 5, 4, 8], tf.bfloat16), kernel_size=3)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must be odd"):
+        op(x, x, kernel_size=2)
+    with pytest.raises((ValueError, tf.errors.InvalidArgumentError), match="rank"):
+        op(tf.zeros([2, 4, 8], tf.bfloat16), x, kernel_size=3)
+
+
+def test_native_only_where_measured_faster():
+    assert fast_layers.native_pays(24, 48) and fast_layers.native_pays(256, 256)
+    assert not fast_layers.native_pays(3, 64) and not fast_layers.native_pays(16, 32)
+    assert not fast_layers.native_pays(64, 16)
+
+
+def test_fast_conv_without_the_native_op_takes_the_shifted_products(monkeypatch):
+    monkeypatch.setattr(library, "conv_filter_grad_bf16", lambda: None)
+    x, _ = _conv_case(3, 256, 256, 3)
+    _, fast = _conv_pair("mixed_bfloat16")
+    fast.build(x.shape)
+    assert fast.weight_gradient(tf.cast(x, tf.bfloat16), fast.kernel) == "shifted"
+    assert "Bf16ConvFilterGrad" not in _weight_gradient_ops(fast, x)
+
+
 def test_fast_conv_leaves_float32_and_large_maps_to_the_stock_kernel():
     x, _ = _conv_case(3, 256, 256, 3)
     _, fast32 = _conv_pair("float32")
     fast32.build(x.shape)
-    assert "MatMul" not in _weight_gradient_ops(fast32, x)
+    assert not set(_TAKEN_OPS.values()) & _weight_gradient_ops(fast32, x)
+    # A large map with 8 channels: neither the shifted products nor the native op pays.
     large, _ = _conv_case(16, 8, 8, 3)
     _, fast_large = _conv_pair("mixed_bfloat16", filters=8)
     fast_large.build(large.shape)
-    assert "MatMul" not in _weight_gradient_ops(fast_large, large)
+    assert not set(_TAKEN_OPS.values()) & _weight_gradient_ops(fast_large, large)
 
 
 def test_fast_conv_under_two_replicas_matches_one():

@@ -141,6 +141,6 @@ def test_layer_times_of_pytorch_fill_the_torch_columns():
         row["torch"] = t
     table = conv_layers.format_table(rows, batch=2)
     assert "PyTorch weight gradient" in table
-    assert all(line.count("|") == 12 for line in table.splitlines() if line.startswith("| stage"))
+    assert all(line.count("|") == 13 for line in table.splitlines() if line.startswith("| stage"))
     strided = {"map": (8, 8), "channels": (3, 4), "kernel": (3, 3), "stride": 2, "padding": "same"}
     assert torch_twin.conv_layer_times([strided], batch=2, dtype="float32", repeats=1) == [None]

@@ -1,0 +1,103 @@
+"""The native ops' shared library: compiled from its C++ source against the installed
+TensorFlow's headers on first use, kept in a cache folder keyed by the source and the
+TensorFlow build, and loaded with `tf.load_op_library`.
+
+Nothing here is required: where the CPU lacks the instructions, or the machine has no C++
+compiler, `conv_filter_grad_bf16()` returns None with a logged reason and the layers take
+TensorFlow's kernels.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import tensorflow as tf
+
+SOURCE = Path(__file__).with_name("conv_filter_grad_bf16.cc")
+CACHE = Path.home() / ".cache" / "cifar-pipeline" / "native"
+# AVX512-BF16 without AMX: the CPUs (AMD Zen 4 on) where the op was measured faster than
+# oneDNN's bfloat16 backward-weights kernel (docs/performance.md, "A native weight
+# gradient"). With AMX, oneDNN's kernels use the matrix units; not measured there.
+_NEEDS, _DEFERS_TO = "avx512_bf16", "amx_bf16"
+
+log = logging.getLogger(__name__)
+
+
+def cpu_flag_set(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
+    """The first CPU's feature flags (Linux); empty where they cannot be read."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "flags":
+            return frozenset(value.split())
+    return frozenset()
+
+
+def pays_on(flags: frozenset[str]) -> bool:
+    """Whether a CPU with these flags takes the native weight gradient."""
+    return _NEEDS in flags and _DEFERS_TO not in flags
+
+
+def compile_command(source: Path, target: Path) -> list[str]:
+    """g++ building `source` into a TensorFlow op library at `target`. Only the kernel's
+    own functions use AVX-512 (a target pragma), so the library loads on any x86 CPU."""
+    flags = tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags()
+    return ["g++", "-O3", "-shared", "-fPIC", "-w", str(source), "-o", str(target), *flags]
+
+
+def library_path(source: Path = SOURCE, cache: Path = CACHE) -> Path:
+    """Where the library built from `source` for this TensorFlow lives."""
+    key = hashlib.sha256(source.read_bytes())
+    key.update(" ".join([tf.__version__, *compile_command(Path("src"), Path("out"))]).encode())
+    return cache / f"{source.stem}-{key.hexdigest()[:16]}.so"
+
+
+def build(source: Path = SOURCE, cache: Path = CACHE) -> Path:
+    """The library built from `source`, compiled now unless already cached. Built into a
+    temporary file and renamed, so concurrent builds (test workers) never load half a file.
+    Raises RuntimeError with the compiler's message when the build fails."""
+    target = library_path(source, cache)
+    if target.exists():
+        return target
+    if shutil.which("g++") is None:
+        raise RuntimeError("no C++ compiler: install g++ (e.g. apt-get install g++)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        done = subprocess.run(
+            compile_command(source, Path(partial)), capture_output=True, text=True, check=False
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"g++ failed on {source.name}:\n{done.stderr[-2000:]}")
+        os.replace(partial, target)
+    finally:
+        Path(partial).unlink(missing_ok=True)
+    return target
+
+
+@functools.cache
+def conv_filter_grad_bf16():
+    """The `Bf16ConvFilterGrad` op (bfloat16 NHWC input and out_backprop of a stride-1
+    "same" conv with an odd square kernel -> its float32 weight gradient), or None where
+    this CPU does not take it or the library cannot be built (the reason is logged once)."""
+    if not pays_on(cpu_flag_set()):
+        return None
+    try:
+        return tf.load_op_library(str(build())).bf16_conv_filter_grad
+    except (RuntimeError, OSError, tf.errors.NotFoundError) as err:
+        log.warning(
+            "native bfloat16 weight gradient unavailable, TensorFlow's kernel runs instead: %s",
+            err,
+        )
+        return None
