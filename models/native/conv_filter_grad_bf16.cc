@@ -14,7 +14,7 @@
 //   x  -> [channel block][pair][h + pad][w + pad][6 channels][2 images]  (zero padded)
 //   dy -> [64-filter block][pair][h][w][64 filters][2 images]
 // A register block of 6 channels x 64 filters (24 zmm accumulators) runs over a chunk of
-// image pairs that stays in the core's L2 cache. Each thread takes a share of the pairs
+// image pairs about the size of the core's L2 cache. Each thread takes a share of the pairs
 // into its own float32 sums, added at the end.
 #include <immintrin.h>
 
@@ -33,7 +33,10 @@ using bf16_bits = uint16_t;
 
 constexpr int kChannelBlock = 6;  // accumulator rows
 constexpr int kFilterBlock = 64;  // accumulator columns: 4 zmm of 16 float32
-constexpr int64 kChunkBytes = 512 * 1024;  // packed operands of one chunk, within L2
+// Packed operands of one chunk: about a core's L2 (1 MB on Zen 4). Larger chunks reload
+// the accumulators less often; 1 MB measured 2-3% faster than 512 KB over airbench94's
+// layers, and 2-4 MB no faster.
+constexpr int64 kChunkBytes = 1024 * 1024;
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512bf16")
