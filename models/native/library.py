@@ -50,7 +50,8 @@ def pays_on(flags: frozenset[str]) -> bool:
 
 def compile_command(source: Path, target: Path) -> list[str]:
     """g++ building `source` into a TensorFlow op library at `target`. Only the kernel's
-    own functions use AVX-512 (a target pragma), so the library loads on any x86 CPU."""
+    own functions use AVX-512 (a target pragma); the library is built and loaded only
+    where `pays_on` holds."""
     flags = tf.sysconfig.get_compile_flags() + tf.sysconfig.get_link_flags()
     return ["g++", "-O3", "-shared", "-fPIC", "-w", str(source), "-o", str(target), *flags]
 
