@@ -270,7 +270,8 @@ def _native_op():
 @pytest.mark.parametrize(
     "batch,size,in_channels,out_channels,kernel",
     # airbench94's maps and widths at a test's batch; an odd batch (its last image has
-    # no pair), channels and filters that fill no register block, 1x1 and 5x5 kernels
+    # no pair), channels and filters that fill no register block, 1x1 and 5x5 kernels,
+    # and kernels wider than the map (taps that read only padding are skipped)
     [
         (4, 7, 256, 256, 3),
         (6, 3, 256, 256, 3),
@@ -279,6 +280,8 @@ def _native_op():
         (3, 5, 7, 10, 3),
         (4, 6, 13, 70, 5),
         (3, 4, 6, 17, 1),
+        (3, 2, 5, 9, 5),
+        (2, 1, 4, 4, 3),
     ],
 )
 def test_native_weight_gradient_is_the_convolution_weight_gradient(
