@@ -9,7 +9,8 @@ These give the same numbers in far fewer passes over memory:
   bfloat16 too); same variables, defaults and moving-average rule as Keras's layer.
   Under a strategy with more than one replica it normalises with the statistics of the
   global batch (synchronized, as Keras's `synchronized=True`), so N replicas train as one.
-- `gelu`: exact (erf) GELU whose forward and backward are each one XLA-fused loop.
+- `gelu`: exact (erf) GELU whose forward and backward are each one XLA-fused loop, or in
+  bfloat16 on CPUs that take the native ops, two table lookups (models/native).
 - `Conv2D`: Keras's Conv2D whose bfloat16 weight gradient skips oneDNN's backward-weights
   convolution where that is slow: on CPUs with AVX512-BF16 and no AMX, a native op
   (models/native, docs/performance.md "A native weight gradient"); elsewhere, on small
@@ -76,9 +77,24 @@ def _gelu_backward(x, upstream):
 
 
 @tf.custom_gradient
-def gelu(x):
-    """Exact GELU, x * Phi(x), as `keras.activations.gelu(x, approximate=False)`."""
+def _xla_gelu(x):
     return _gelu_forward(x), lambda upstream: _gelu_backward(x, upstream)
+
+
+@tf.custom_gradient
+def _native_gelu(x):
+    forward, backward = library.gelu_bf16()
+    return forward(x), lambda upstream: backward(x, tf.cast(upstream, x.dtype))
+
+
+def gelu(x):
+    """Exact GELU, x * Phi(x), as `keras.activations.gelu(x, approximate=False)`. In
+    bfloat16 on a CPU that takes the native ops, outside XLA, its value and slope are
+    looked up per bfloat16 value (`Bf16Gelu`, `Bf16GeluGrad`: computed once in double
+    precision, rounded once); everywhere else the XLA-fused loops run."""
+    if _on_cpu_in_bfloat16(x) and not _in_xla() and library.gelu_bf16() is not None:
+        return _native_gelu(x)
+    return _xla_gelu(x)
 
 
 # Registered so a saved `.keras` file of a model using them loads (with this package).

@@ -1,10 +1,10 @@
-"""The native ops' shared library: compiled from its C++ source against the installed
-TensorFlow's headers on first use, kept in a cache folder keyed by the source and the
-TensorFlow build, and loaded with `tf.load_op_library`.
+"""The native ops' shared libraries, one per C++ source in this folder: compiled against
+the installed TensorFlow's headers on first use, kept in a cache folder keyed by the source
+and the TensorFlow build, and loaded with `tf.load_op_library`.
 
 Nothing here is required: where the CPU lacks the instructions, or the machine has no C++
-compiler, `conv_filter_grad_bf16()` returns None with a logged reason and the layers take
-TensorFlow's kernels.
+compiler, `conv_filter_grad_bf16()` and `gelu_bf16()` return None with a logged reason and
+the layers take TensorFlow's kernels.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import tensorflow as tf
 
-SOURCE = Path(__file__).with_name("conv_filter_grad_bf16.cc")
+SOURCES = Path(__file__).parent
 CACHE = Path.home() / ".cache" / "cifar-pipeline" / "native"
-# AVX512-BF16 without AMX: the CPUs (AMD Zen 4 on) where the op was measured faster than
-# oneDNN's bfloat16 backward-weights kernel (docs/performance.md, "A native weight
-# gradient"). With AMX, oneDNN's kernels use the matrix units; not measured there.
+# AVX512-BF16 without AMX: the CPUs (AMD Zen 4 on) where the ops were measured faster than
+# TensorFlow's own (docs/performance.md, "A native weight gradient" and "A native GELU").
+# With AMX, oneDNN's kernels use the matrix units; not measured there.
 _NEEDS, _DEFERS_TO = "avx512_bf16", "amx_bf16"
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ def cpu_flag_set(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
 
 
 def pays_on(flags: frozenset[str]) -> bool:
-    """Whether a CPU with these flags takes the native weight gradient."""
+    """Whether a CPU with these flags takes the native ops."""
     return _NEEDS in flags and _DEFERS_TO not in flags
 
 
@@ -56,14 +56,14 @@ def compile_command(source: Path, target: Path) -> list[str]:
     return ["g++", "-O3", "-shared", "-fPIC", "-w", str(source), "-o", str(target), *flags]
 
 
-def library_path(source: Path = SOURCE, cache: Path = CACHE) -> Path:
+def library_path(source: Path, cache: Path = CACHE) -> Path:
     """Where the library built from `source` for this TensorFlow lives."""
     key = hashlib.sha256(source.read_bytes())
     key.update(" ".join([tf.__version__, *compile_command(Path("src"), Path("out"))]).encode())
     return cache / f"{source.stem}-{key.hexdigest()[:16]}.so"
 
 
-def build(source: Path = SOURCE, cache: Path = CACHE) -> Path:
+def build(source: Path, cache: Path = CACHE) -> Path:
     """The library built from `source`, compiled now unless already cached. Built into a
     temporary file and renamed, so concurrent builds (test workers) never load half a file.
     Raises RuntimeError with the compiler's message when the build fails."""
@@ -88,17 +88,29 @@ def build(source: Path = SOURCE, cache: Path = CACHE) -> Path:
 
 
 @functools.cache
-def conv_filter_grad_bf16():
-    """The `Bf16ConvFilterGrad` op (bfloat16 NHWC input and out_backprop of a stride-1
-    "same" conv with an odd square kernel -> its float32 weight gradient), or None where
-    this CPU does not take it or the library cannot be built (the reason is logged once)."""
+def load(source_name: str):
+    """The op library built from `source_name` in this folder, or None where this CPU does
+    not take the native ops or the library cannot be built (the reason is logged once)."""
     if not pays_on(cpu_flag_set()):
         return None
     try:
-        return tf.load_op_library(str(build())).bf16_conv_filter_grad
+        return tf.load_op_library(str(build(SOURCES / source_name)))
     except (RuntimeError, OSError, tf.errors.NotFoundError) as err:
         log.warning(
-            "native bfloat16 weight gradient unavailable, TensorFlow's kernel runs instead: %s",
-            err,
+            "native ops of %s unavailable, TensorFlow's kernel runs instead: %s", source_name, err
         )
         return None
+
+
+def conv_filter_grad_bf16():
+    """The `Bf16ConvFilterGrad` op (bfloat16 NHWC input and out_backprop of a stride-1
+    "same" conv with an odd square kernel -> its float32 weight gradient), or None (`load`)."""
+    ops = load("conv_filter_grad_bf16.cc")
+    return None if ops is None else ops.bf16_conv_filter_grad
+
+
+def gelu_bf16():
+    """The ops `Bf16Gelu` (x -> exact GELU) and `Bf16GeluGrad` (x, upstream -> dx) on
+    bfloat16, as a pair, or None (`load`)."""
+    ops = load("gelu_bf16.cc")
+    return None if ops is None else (ops.bf16_gelu, ops.bf16_gelu_grad)

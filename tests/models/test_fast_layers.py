@@ -1,3 +1,5 @@
+import math
+
 import keras
 import numpy as np
 import pytest
@@ -108,6 +110,82 @@ def test_fused_gelu_is_exact_gelu_with_its_gradient(compiled):
     np.testing.assert_allclose(dy.numpy(), dy_ref.numpy(), atol=1e-5)
     # The tanh approximation would differ by up to ~5e-4 here: this is the exact one.
     assert np.abs(y.numpy() - keras.activations.gelu(x, approximate=True).numpy()).max() > 1e-4
+
+
+def _native_gelu_ops():
+    ops = library.gelu_bf16()
+    if ops is None:
+        pytest.skip("this CPU does not take the native ops (AVX512-BF16 without AMX)")
+    return ops
+
+
+def _every_bfloat16():
+    return tf.bitcast(tf.constant(np.arange(2**16, dtype=np.uint16)), tf.bfloat16)
+
+
+def _exact_gelu_and_slope(x: np.ndarray):
+    """GELU and its slope in double precision, at the infinities their limits."""
+    erfc = np.vectorize(math.erfc)
+    with np.errstate(invalid="ignore", over="ignore"):
+        cdf = 0.5 * erfc(-x / math.sqrt(2))
+        y = np.where(np.isinf(x), np.where(x > 0, x, -0.0), x * cdf)
+        slope = cdf + x * np.exp(-0.5 * x * x) / math.sqrt(2 * math.pi)
+        slope = np.where(np.isinf(x), (x > 0).astype(np.float64), slope)
+    return y, slope
+
+
+def _same_bits(ours, reference):
+    """Equal bfloat16 bit patterns, any NaN matching any NaN. Below float32's smallest
+    normal number, TensorFlow's CPU threads flush to zero (MXCSR's FTZ and DAZ bits) where
+    numpy does not, so there the two need only agree within it."""
+    ours, reference = np.asarray(ours), np.asarray(reference)
+    wide = reference.astype(np.float32)
+    nan, tiny = np.isnan(wide), np.abs(wide) < np.finfo(np.float32).tiny
+    assert np.isnan(ours.astype(np.float32)[nan]).all()
+    assert (np.abs(ours.astype(np.float32)[tiny]) < np.finfo(np.float32).tiny).all()
+    exact = ~nan & ~tiny
+    np.testing.assert_array_equal(ours[exact].view(np.uint16), reference[exact].view(np.uint16))
+
+
+def test_native_gelu_is_exact_gelu_rounded_once_for_every_bfloat16():
+    forward, backward = _native_gelu_ops()
+    x = _every_bfloat16()
+    y, slope = _exact_gelu_and_slope(tf.cast(x, tf.float64).numpy())
+    # The value, and upstream times the float32 slope, each rounded once as tf.cast rounds.
+    _same_bits(forward(x).numpy(), tf.cast(y.astype(np.float32), tf.bfloat16).numpy())
+    rng = np.random.default_rng(0)
+    upstream = tf.cast(rng.standard_normal(x.shape).astype(np.float32), tf.bfloat16)
+    product = tf.cast(upstream, tf.float32).numpy() * slope.astype(np.float32)
+    _same_bits(backward(x, upstream).numpy(), tf.cast(product, tf.bfloat16).numpy())
+
+
+def test_native_gelu_names_what_it_expected():
+    _, backward = _native_gelu_ops()
+    with pytest.raises(tf.errors.InvalidArgumentError, match="x and upstream must have one"):
+        backward(tf.zeros([2, 3], tf.bfloat16), tf.zeros([3, 2], tf.bfloat16))
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_gelu_takes_the_native_ops_in_bfloat16_outside_xla(jit):
+    x = tf.cast(_x((4, 6, 6, 32)), tf.bfloat16)
+
+    def step(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = fast_layers.gelu(x)
+        return y, tape.gradient(y, x, output_gradients=tf.ones_like(y) * 0.5)
+
+    compiled = tf.function(step, jit_compile=jit)
+    ops = {op.type for op in compiled.get_concrete_function(x).graph.get_operations()}
+    native = library.gelu_bf16() is not None and not jit
+    assert ({"Bf16Gelu", "Bf16GeluGrad"} <= ops) == native
+    y, dx = compiled(x)
+    x64 = tf.cast(x, tf.float64).numpy()
+    y_ref, slope = _exact_gelu_and_slope(x64)
+    assert y.dtype == dx.dtype == tf.bfloat16
+    # Within a bfloat16 rounding of the exact values, either way.
+    np.testing.assert_allclose(tf.cast(y, tf.float64), y_ref, rtol=2**-8, atol=1e-6)
+    np.testing.assert_allclose(tf.cast(dx, tf.float64), 0.5 * slope, rtol=2**-8, atol=1e-6)
 
 
 def test_bfloat16_widens_and_rounds_in_integers_exactly_as_a_cast():

@@ -10,10 +10,10 @@ from models.native import library
 
 @pytest.fixture
 def fresh_loader():
-    """`conv_filter_grad_bf16` forgets what it loaded before and after the test."""
-    library.conv_filter_grad_bf16.cache_clear()
+    """`load` forgets what it loaded before and after the test."""
+    library.load.cache_clear()
     yield
-    library.conv_filter_grad_bf16.cache_clear()
+    library.load.cache_clear()
 
 
 def test_only_avx512_bf16_cpus_without_amx_take_it():
@@ -58,16 +58,18 @@ def test_a_machine_without_a_compiler_is_told_what_to_install(tmp_path, monkeypa
 def test_a_failed_build_falls_back_with_the_reason_logged(monkeypatch, caplog, fresh_loader):
     monkeypatch.setattr(library, "cpu_flag_set", lambda: frozenset({"avx512_bf16"}))
 
-    def no_compiler():
+    def no_compiler(source):
         raise RuntimeError("no C++ compiler: install g++")
 
     monkeypatch.setattr(library, "build", no_compiler)
     with caplog.at_level(logging.WARNING, logger=library.__name__):
         assert library.conv_filter_grad_bf16() is None
+        assert library.gelu_bf16() is None
     assert "TensorFlow's kernel runs instead" in caplog.text and "install g++" in caplog.text
+    assert "gelu_bf16.cc" in caplog.text
 
 
 def test_cpus_that_do_not_take_it_never_build_it(monkeypatch, fresh_loader):
     monkeypatch.setattr(library, "cpu_flag_set", lambda: frozenset({"avx2"}))
-    monkeypatch.setattr(library, "build", lambda: pytest.fail("built on a CPU without it"))
-    assert library.conv_filter_grad_bf16() is None
+    monkeypatch.setattr(library, "build", lambda source: pytest.fail("built without it"))
+    assert library.conv_filter_grad_bf16() is None and library.gelu_bf16() is None
