@@ -1,9 +1,9 @@
 // Exact GELU, x * Phi(x), on bfloat16 and its gradient, as TensorFlow ops.
 //
-// Why: XLA's CPU code for the formula (fast_layers.gelu) spends about twice an
-// elementwise add's time on erf and exp, and an AVX-512 evaluation was no faster (both are
-// bound by the arithmetic; docs/performance.md, "A native GELU"). A bfloat16 input has
-// only 65,536 values, so both functions are tables, computed once in double precision:
+// Why: XLA's CPU code for the formula (fast_layers.gelu) is bound by erf's and exp's
+// arithmetic, not by memory, and an AVX-512 evaluation of them was no faster
+// (docs/performance.md, "A native GELU"). A bfloat16 input has only 65,536 values, so
+// both functions are tables, computed once in double precision:
 //   y = round(x Phi(x))                       (a bfloat16 per input value)
 //   dx = round(upstream * (Phi(x) + x phi(x)))  (a float32 slope per input value)
 // each rounded once to bfloat16, to nearest even as tf.cast rounds. At the infinities they

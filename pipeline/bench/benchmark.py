@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable
 
-from pipeline.bench.timing import schedule_length, time_passes
+from pipeline.bench.timing import schedule_length, time_in_turn, time_passes
 
 
 def images_per_second(
@@ -66,9 +66,11 @@ def training_throughput(
     """Training images/s of the notebook's way, keras `fit`, the project's loop and the
     PyTorch twin (`pipeline/bench/torch_twin.py`).
 
-    Same model, batch, optimizer and precision for all; each pass is `steps` steps, timed
-    after one warm-up pass (tracing and compilation excluded). A contender that cannot run
-    here (torch not installed, `fit` for a tf.Module) is left out with a note in "skipped".
+    Same model, batch, optimizer and precision for all; each pass is `steps` steps. Every
+    contender is built first, then their passes are timed in turn (`timing.time_in_turn`:
+    a warm-up round, tracing and compilation included, then `repeats` timed rounds), so a
+    machine whose speed drifts slows them alike. A contender that cannot run here (torch
+    not installed, `fit` for a tf.Module) is left out with a note in "skipped".
     `cfg.train.precision` must be resolved (not "auto").
     """
     import keras  # noqa: PLC0415 - TensorFlow-heavy imports only when benchmarking
@@ -81,20 +83,11 @@ def training_throughput(
     strategy, inputs = run.prepare(cfg)
     batch = cfg.data.batch_size
     train = inputs.splits.train
-    results, skipped = {}, {}
+    passes, parameters, skipped = {}, {}, {}
 
     @functools.cache  # the training split as float32 (600 MB): made once, for naive and torch
     def normalised_images():
         return sources.normalised(train.images, inputs.splits.mean, inputs.splits.std)
-
-    def timed(name, measure):
-        """Stores and prints `measure()`, a `time_passes`-like result."""
-        results[name] = r = measure()
-        log(
-            f"{name:6s} {r['median']:>9,.0f} images/s  (runs: "
-            + ", ".join(f"{v:,.0f}" for v in r["runs"])
-            + ")"
-        )
 
     if "naive" in contenders:
         # The notebook: numpy batches, an eager GradientTape step, no tf.function.
@@ -103,7 +96,7 @@ def training_throughput(
             normalised_images(), train.labels, batch, shuffle=True, seed=0
         )
 
-        def naive_pass():
+        def naive_pass(model=model, opt=opt):
             for k, (x, y) in enumerate(batches):
                 if k == steps:
                     break
@@ -116,7 +109,7 @@ def training_throughput(
             _ = float(loss)
             return steps * batch
 
-        timed("naive", lambda: time_passes(naive_pass, repeats))
+        passes["naive"] = naive_pass
 
     if "fit" in contenders:
         model, opt = fresh_model_and_optimizer(cfg, strategy, inputs, steps)
@@ -124,11 +117,11 @@ def training_throughput(
             model.compile(optimizer=opt, loss=keras_fit.loss_fn(cfg), metrics=["accuracy"])
             fit_data = inputs.train_dataset_fn(inputs.run_length(DATA_EPOCHS))(None)
 
-            def fit_pass():
+            def fit_pass(model=model):
                 model.fit(fit_data, epochs=1, steps_per_epoch=steps, verbose=0)
                 return steps * batch
 
-            timed("fit", lambda: time_passes(fit_pass, repeats))
+            passes["fit"] = fit_pass
         else:
             skipped["fit"] = f"{cfg.model.name} is a tf.Module, not a keras.Model"
 
@@ -139,8 +132,8 @@ def training_throughput(
             train_steps(steps)
             return steps * batch
 
-        timed("loop", lambda: time_passes(loop_pass, repeats))
-        results["loop"]["trainable_parameters"] = run.count_params(model)
+        passes["loop"] = loop_pass
+        parameters["loop"] = run.count_params(model)
 
     if "torch" in contenders:
         if not torch_twin.available():
@@ -148,12 +141,20 @@ def training_throughput(
         elif cfg.model.name != "custom_convnet":
             skipped["torch"] = f"the PyTorch twin reproduces custom_convnet, not {cfg.model.name}"
         else:
-            timed(
-                "torch",
-                lambda: torch_twin.train_throughput(
-                    cfg, normalised_images(), train.labels, steps, repeats
-                ),
+            passes["torch"], parameters["torch"] = torch_twin.training_pass(
+                cfg, normalised_images(), train.labels, steps
             )
+    if passes:
+        log(f"timing {', '.join(passes)} in turn: a warm-up round, then {repeats} rounds")
+    results = time_in_turn(passes, repeats)
+    for name, r in results.items():
+        log(
+            f"{name:6s} {r['median']:>9,.0f} images/s  (runs: "
+            + ", ".join(f"{v:,.0f}" for v in r["runs"])
+            + ")"
+        )
+        if name in parameters:
+            r["trainable_parameters"] = parameters[name]
     for name, why in skipped.items():
         log(f"{name:6s} skipped: {why}")
     return {"results": results, "skipped": skipped}

@@ -168,21 +168,21 @@ def _make_optimizer(model, cfg: Config, length: RunLength):
     return opt, lr_at
 
 
-def train_throughput(cfg: Config, images: np.ndarray, labels: np.ndarray, steps: int, repeats: int):
-    """Training images/s of the twin over `steps` steps per pass, after one warm-up pass.
+def training_pass(cfg: Config, images: np.ndarray, labels: np.ndarray, steps: int):
+    """The twin, built and ready to train: a pass of `steps` training steps, for the
+    benchmark to time beside the project's loop.
 
     Args:
         images: (N, 32, 32, 3) normalised float32 training images.
         labels: (N,) int labels.
 
     Returns:
-        {"median", "runs", "images"} as `timing.time_passes` gives them, plus
-        "trainable_parameters".
+        (one_pass() -> images trained, the twin's trainable parameter count).
     """
     import torch  # noqa: PLC0415
     import torch.nn.functional as F  # noqa: N812, PLC0415
 
-    from pipeline.bench.timing import schedule_length, time_passes  # noqa: PLC0415
+    from pipeline.bench.timing import schedule_length  # noqa: PLC0415
 
     torch.manual_seed(cfg.train.seed)
     batch = cfg.data.batch_size
@@ -241,9 +241,7 @@ def train_throughput(cfg: Config, images: np.ndarray, labels: np.ndarray, steps:
         float(loss.detach())
         return steps * batch
 
-    result = time_passes(one_pass, repeats)
-    result["trainable_parameters"] = trainable_parameters(model)
-    return result
+    return one_pass, trainable_parameters(model)
 
 
 def conv_layer_times(layers: list[dict], batch: int, dtype: str, repeats: int) -> list[dict]:

@@ -1,6 +1,6 @@
 import pytest
 
-from pipeline.bench import torch_twin
+from pipeline.bench import timing, torch_twin
 from pipeline.config import ConfigError, override
 from scripts import bench
 
@@ -32,6 +32,24 @@ def test_bench_times_loop_and_twin_side_by_side_or_says_why_not():
         assert counts["loop"] == counts["torch"]
     else:
         assert "torch" not in result and "compare" in result["skipped"]["torch"]
+
+
+def test_contenders_passes_are_timed_in_turn():
+    calls = []
+
+    def contender(name, images):
+        def one_pass():
+            calls.append(name)
+            return images
+
+        return one_pass
+
+    result = timing.time_in_turn({"a": contender("a", 10), "b": contender("b", 20)}, 3, 1)
+    # A warm-up round, then three timed rounds, each taking one pass of every contender.
+    assert calls == ["a", "b"] * 4
+    assert [len(result[n]["runs"]) for n in "ab"] == [3, 3]
+    assert result["b"]["images"] == 20 and min(result["a"]["runs"] + result["b"]["runs"]) > 0
+    assert result["a"]["median"] == sorted(result["a"]["runs"])[1]
 
 
 def test_twin_refuses_what_it_cannot_reproduce():
