@@ -126,6 +126,10 @@ const bf16_bits* bits_of(const tensorflow::Tensor& t) {
   return reinterpret_cast<const bf16_bits*>(t.tensor_data().data());
 }
 
+bf16_bits* mutable_bits_of(tensorflow::Tensor* t) {
+  return reinterpret_cast<bf16_bits*>(t->flat<tensorflow::bfloat16>().data());
+}
+
 // Runs `body(first, count)` over blocks of kBlock elements on the intra-op threads.
 template <typename Body>
 void in_blocks(tensorflow::OpKernelContext* context, int64 n, Body body) {
@@ -155,7 +159,7 @@ class Bf16GeluOp : public tensorflow::OpKernel {
     tensorflow::Tensor* y = nullptr;
     OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &y));
     const bf16_bits* in = bits_of(x);
-    auto* out = reinterpret_cast<bf16_bits*>(const_cast<char*>(y->tensor_data().data()));
+    bf16_bits* out = mutable_bits_of(y);
     in_blocks(context, x.NumElements(),
               [&](int64 first, int64 count) { gelu(in + first, out + first, count); });
   }
@@ -176,7 +180,7 @@ class Bf16GeluGradOp : public tensorflow::OpKernel {
     OP_REQUIRES_OK(context, context->allocate_output(0, x.shape(), &dx));
     const bf16_bits* in = bits_of(x);
     const bf16_bits* up = bits_of(upstream);
-    auto* out = reinterpret_cast<bf16_bits*>(const_cast<char*>(dx->tensor_data().data()));
+    bf16_bits* out = mutable_bits_of(dx);
     in_blocks(context, x.NumElements(), [&](int64 first, int64 count) {
       gelu_grad(in + first, up + first, out + first, count);
     });
