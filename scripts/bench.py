@@ -5,11 +5,13 @@ cifar-bench pipeline --data-dir DIR [--json OUT]
     pipeline (per-image map(crop, flip)) and the project's vectorised pipeline with the
     same augmentation.
 cifar-bench train [--experiment NAME | --model NAME] [--set KEY=VALUE] [--precision P]
-                  [--contenders naive,fit,loop,torch] [--json OUT]
+                  [--contenders naive,fit,loop,torch,torch_tcmalloc] [--json OUT]
     training images/s of the notebook's way (numpy iterator + eager GradientTape),
     keras model.fit on the project's pipeline, the project's compiled loop, and the
-    PyTorch twin of custom_convnet (needs the `compare` extra: pip install -e '.[compare]';
-    skipped with a note without it).
+    PyTorch twin of custom_convnet, plainly and under tcmalloc in a process of its own
+    (needs the `compare` extra: pip install -e '.[compare]', and for the second
+    libtcmalloc-minimal4; skipped with a note without them). All passes are taken in
+    turn; `loop_over_reference` is the loop against the faster twin.
 
 cifar-bench profile [--experiment NAME | --model NAME] [--set KEY=VALUE] [--steps N]
     TensorFlow's profiler around N steps of the loop: milliseconds per step by op type.
@@ -141,6 +143,9 @@ def bench_train(args) -> dict:
         for k, v in results.items()
         if k != "loop" and "loop" in results
     }
+    twins = [results[k]["median"] for k in benchmark.TWINS if k in results]
+    if "loop" in results and twins:
+        ratios["loop_over_reference"] = results["loop"]["median"] / max(twins)
     print("  ".join(f"{k} = {v:.2f}x" for k, v in ratios.items()))
     return {
         **{k: v["median"] for k, v in results.items()},

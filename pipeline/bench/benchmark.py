@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterable
 
@@ -33,7 +34,9 @@ def images_per_second(
     return time_passes(one_pass, repeats, warmup)
 
 
-CONTENDERS = ("naive", "fit", "loop", "torch")
+# torch_tcmalloc: the twin in a process of its own under tcmalloc (twin_process.py).
+CONTENDERS = ("naive", "fit", "loop", "torch", "torch_tcmalloc")
+TWINS = ("torch", "torch_tcmalloc")  # the better of the two is the reference
 DATA_EPOCHS = 10_000  # more than any benchmark reads: the data never runs out mid-pass
 
 
@@ -64,19 +67,20 @@ def training_throughput(
     cfg, steps: int, repeats: int = 3, contenders=CONTENDERS, log=print
 ) -> dict:
     """Training images/s of the notebook's way, keras `fit`, the project's loop and the
-    PyTorch twin (`pipeline/bench/torch_twin.py`).
+    PyTorch twin (`pipeline/bench/torch_twin.py`), plainly in this process ("torch") and
+    under tcmalloc in a process of its own ("torch_tcmalloc", `twin_process.py`).
 
     Same model, batch, optimizer and precision for all; each pass is `steps` steps. Every
     contender is built first, then their passes are timed in turn (`timing.time_in_turn`:
     a warm-up round, tracing and compilation included, then `repeats` timed rounds), so a
     machine whose speed drifts slows them alike. A contender that cannot run here (torch
-    not installed, `fit` for a tf.Module) is left out with a note in "skipped".
+    or tcmalloc not installed, `fit` for a tf.Module) is left out with a note in "skipped".
     `cfg.train.precision` must be resolved (not "auto").
     """
     import keras  # noqa: PLC0415 - TensorFlow-heavy imports only when benchmarking
     import tensorflow as tf  # noqa: PLC0415
 
-    from pipeline.bench import baselines, torch_twin  # noqa: PLC0415
+    from pipeline.bench import baselines, torch_twin, twin_process  # noqa: PLC0415
     from pipeline.data import sources  # noqa: PLC0415
     from pipeline.training import keras_fit, optim, run  # noqa: PLC0415
 
@@ -84,6 +88,7 @@ def training_throughput(
     batch = cfg.data.batch_size
     train = inputs.splits.train
     passes, parameters, skipped = {}, {}, {}
+    closing = contextlib.ExitStack()
 
     @functools.cache  # the training split as float32 (600 MB): made once, for naive and torch
     def normalised_images():
@@ -135,29 +140,49 @@ def training_throughput(
         passes["loop"] = loop_pass
         parameters["loop"] = run.count_params(model)
 
-    if "torch" in contenders:
-        if not torch_twin.available():
-            skipped["torch"] = "torch is not installed: pip install -e '.[compare]'"
-        elif cfg.model.name != "custom_convnet":
-            skipped["torch"] = f"the PyTorch twin reproduces custom_convnet, not {cfg.model.name}"
-        else:
-            passes["torch"], parameters["torch"] = torch_twin.training_pass(
+    for name in (n for n in TWINS if n in contenders):
+        why = _twin_unavailable(cfg)
+        if name == "torch_tcmalloc" and why is None and twin_process.find_tcmalloc() is None:
+            why = f"tcmalloc is not installed: {twin_process.TCMALLOC_HINT}"
+        if why:
+            skipped[name] = why
+        elif name == "torch":
+            passes[name], parameters[name] = torch_twin.training_pass(
                 cfg, normalised_images(), train.labels, steps
             )
+        else:
+            twin = closing.enter_context(
+                twin_process.TwinProcess(
+                    cfg, normalised_images(), train.labels, steps, twin_process.find_tcmalloc()
+                )
+            )
+            passes[name], parameters[name] = twin.one_pass, twin.trainable_parameters
     if passes:
         log(f"timing {', '.join(passes)} in turn: a warm-up round, then {repeats} rounds")
-    results = time_in_turn(passes, repeats)
+    with closing:  # ends the tcmalloc twin's process
+        results = time_in_turn(passes, repeats)
     for name, r in results.items():
         log(
-            f"{name:6s} {r['median']:>9,.0f} images/s  (runs: "
+            f"{name:14s} {r['median']:>9,.0f} images/s  (runs: "
             + ", ".join(f"{v:,.0f}" for v in r["runs"])
             + ")"
         )
         if name in parameters:
             r["trainable_parameters"] = parameters[name]
     for name, why in skipped.items():
-        log(f"{name:6s} skipped: {why}")
+        log(f"{name:14s} skipped: {why}")
     return {"results": results, "skipped": skipped}
+
+
+def _twin_unavailable(cfg) -> str | None:
+    """Why the PyTorch twin cannot run for `cfg` here, or None."""
+    from pipeline.bench import torch_twin  # noqa: PLC0415
+
+    if not torch_twin.available():
+        return "torch is not installed: pip install -e '.[compare]'"
+    if cfg.model.name != "custom_convnet":
+        return f"the PyTorch twin reproduces custom_convnet, not {cfg.model.name}"
+    return None
 
 
 def input_pipelines(cfg, repeats: int, log=print) -> dict:

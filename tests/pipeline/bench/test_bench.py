@@ -1,6 +1,7 @@
+import numpy as np
 import pytest
 
-from pipeline.bench import timing, torch_twin
+from pipeline.bench import timing, torch_twin, twin_process
 from pipeline.config import ConfigError, override
 from scripts import bench
 
@@ -32,6 +33,35 @@ def test_bench_times_loop_and_twin_side_by_side_or_says_why_not():
         assert counts["loop"] == counts["torch"]
     else:
         assert "torch" not in result and "compare" in result["skipped"]["torch"]
+
+
+def test_twin_under_tcmalloc_runs_in_its_own_process_in_turn_or_says_why_not():
+    pytest.importorskip("torch", reason="the PyTorch twin needs: pip install -e '.[compare]'")
+    result = _bench(
+        "--preset",
+        "quick",
+        "--contenders",
+        "loop,torch,torch_tcmalloc",
+        "--steps",
+        "1",
+        "--repeats",
+        "1",
+    )
+    if twin_process.find_tcmalloc() is None:
+        assert "libtcmalloc" in result["skipped"]["torch_tcmalloc"]
+        return
+    assert len(result["runs"]["torch_tcmalloc"]) == 1 and result["torch_tcmalloc"] > 0
+    counts = result["settings"]["trainable_parameters"]
+    assert counts["torch_tcmalloc"] == counts["loop"]
+    reference = max(result["torch"], result["torch_tcmalloc"])
+    assert result["loop_over_reference"] == pytest.approx(result["loop"] / reference)
+
+
+def test_twin_process_says_when_its_malloc_was_not_preloaded():
+    cfg = bench.train_config(bench.parse(["train", "--preset", "quick"]))
+    images, labels = np.zeros((4, 32, 32, 3), np.float32), np.zeros(4, np.int64)
+    with pytest.raises(torch_twin.TwinError, match="was not loaded.*libtcmalloc-minimal4"):
+        twin_process.TwinProcess(cfg, images, labels, 1, "libnot_a_malloc.so")
 
 
 def test_contenders_passes_are_timed_in_turn():
