@@ -140,23 +140,26 @@ def training_throughput(
         passes["loop"] = loop_pass
         parameters["loop"] = run.count_params(model)
 
-    for name in (n for n in TWINS if n in contenders):
-        why = _twin_unavailable(cfg)
-        if name == "torch_tcmalloc" and why is None and twin_process.find_tcmalloc() is None:
-            why = f"tcmalloc is not installed: {twin_process.TCMALLOC_HINT}"
-        if why:
-            skipped[name] = why
-        elif name == "torch":
-            passes[name], parameters[name] = torch_twin.training_pass(
+    twin_missing = _twin_unavailable(cfg)
+    if "torch" in contenders:
+        if twin_missing:
+            skipped["torch"] = twin_missing
+        else:
+            passes["torch"], parameters["torch"] = torch_twin.training_pass(
                 cfg, normalised_images(), train.labels, steps
+            )
+    if "torch_tcmalloc" in contenders:
+        tcmalloc = twin_process.find_tcmalloc()
+        if twin_missing or tcmalloc is None:
+            skipped["torch_tcmalloc"] = (
+                twin_missing or f"tcmalloc is not installed: {twin_process.TCMALLOC_HINT}"
             )
         else:
             twin = closing.enter_context(
-                twin_process.TwinProcess(
-                    cfg, normalised_images(), train.labels, steps, twin_process.find_tcmalloc()
-                )
+                twin_process.TwinProcess(cfg, normalised_images(), train.labels, steps, tcmalloc)
             )
-            passes[name], parameters[name] = twin.one_pass, twin.trainable_parameters
+            passes["torch_tcmalloc"] = twin.one_pass
+            parameters["torch_tcmalloc"] = twin.trainable_parameters
     if passes:
         log(f"timing {', '.join(passes)} in turn: a warm-up round, then {repeats} rounds")
     with closing:  # ends the tcmalloc twin's process

@@ -83,15 +83,19 @@ class TwinProcess:
         return self._reply("trained")
 
     def _reply(self, expected: str) -> int:
-        line = self._child.stdout.readline().split()
-        if len(line) == 2 and line[0] == expected:
-            return int(line[1])
+        line = self._child.stdout.readline()
+        words = line.split()
+        if len(words) == 2 and words[0] == expected:
+            return int(words[1])
+        if line:  # alive but off the protocol: it would wait for input, not end
+            self._child.kill()
         self._child.wait()
         tail = self._stderr_path.read_text()[-_STDERR_TAIL:].strip()
+        said = f"answered {line.strip()!r}" if line else "stopped"
         raise TwinError(
-            f"the PyTorch twin's process (LD_PRELOAD={self._preload}) "
-            f"stopped with exit code {self._child.returncode} instead of answering "
-            f"{expected!r}; its stderr ends:\n{tail or '(empty)'}"
+            f"the PyTorch twin's process (LD_PRELOAD={self._preload}) {said} instead of "
+            f"{expected!r} (exit code {self._child.returncode}); its stderr ends:\n"
+            f"{tail or '(empty)'}"
         )
 
     def close(self) -> None:
