@@ -98,6 +98,9 @@ class TrainConfig:
     # XLA-compile each replica's forward + backward (GPUs; "auto" precision turns it on there);
     # on CPU oneDNN's kernels beat XLA's, measured
     jit_compile: bool = False
+    # without GPUs: TensorFlow's pool running independent ops at once; 0 = its default (one per
+    # core). 1: one op at a time on every core, faster for wide convs (challenge_airbench94)
+    cpu_inter_op_threads: int = 0
     strategy: Literal["default", "mirrored", "multi_worker"] = "default"
     cpu_replicas: int = 0  # >0: split the CPU into N logical devices for "mirrored"
     # multi_worker under srun: the port of each node's first task; its other tasks take the next

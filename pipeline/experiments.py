@@ -182,6 +182,8 @@ def challenge_airbench94() -> Config:
             "optim.warmup_epochs": 0.23 * 9.9,  # int(0.23 * 476) = 109 steps
             # airbench94 evaluates with BN statistics as trained (and Lookahead-averaged).
             "train.bn_recalibration_batches": 0,
+            # Its convs each fill both cores of a CPU: run them one at a time (speed only).
+            "train.cpu_inter_op_threads": 1,
         }
     )
 

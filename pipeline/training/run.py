@@ -16,7 +16,7 @@ from pipeline.data import sources
 from pipeline.data.datasets import Inputs, make_inputs
 from pipeline.errors import UserError
 from pipeline.files import write_json
-from pipeline.runtime import distribute, out_claim
+from pipeline.runtime import distribute, out_claim, threads
 from pipeline.training import data_record, export, loop, precision
 from pipeline.training.keras_fit import fit_with_keras
 
@@ -46,8 +46,10 @@ def build(cfg: Config, strategy: tf.distribute.Strategy, inputs: Inputs | None =
     return model
 
 
-def prepare(cfg: Config) -> tuple[tf.distribute.Strategy, Inputs]:
-    """Strategy first (it may split the CPU, which must precede any TF op), then data."""
+def prepare(cfg: Config, log=print) -> tuple[tf.distribute.Strategy, Inputs]:
+    """Threads and strategy first (sizing the pool and splitting the CPU must precede any TF
+    op), then data."""
+    threads.size_inter_op_pool(cfg.train.cpu_inter_op_threads, log)
     strategy = distribute.make_strategy(cfg.train)
     splits = sources.load_splits(cfg.data, seed=cfg.train.seed)  # seeded explicitly
     # After loading: tfds draws from Python's random while it prepares a data dir, and Keras
@@ -99,7 +101,7 @@ def train(cfg: Config, log=print, callbacks=None) -> dict:
         # Before the data is loaded: a refusal costs nothing.
         out_claim.claim(out, log)
         check_resumable(out, cfg)
-    strategy, inputs = prepare(cfg)
+    strategy, inputs = prepare(cfg, log)
     chief = distribute.is_chief(strategy)
     model = build(cfg, strategy, inputs)
     # A budget becomes epochs here; config.json holds the run as trained, the budget beside it.
