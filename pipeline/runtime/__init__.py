@@ -2,4 +2,5 @@
 (`distribute`: TF_CONFIG or SLURM), stop requests from signals (`preemption`), one run per
 output folder (`out_claim`), local multi-process launches (`launch`) in a loopback-only
 network namespace (`private_network`), what the machine has (`hardware`: CPU flags and
-model, GPUs). Imports nothing of the ML core."""
+model, GPUs), TensorFlow's inter-op pool on a CPU (`threads`). Imports nothing of the ML
+core."""

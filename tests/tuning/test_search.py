@@ -375,7 +375,9 @@ def test_the_search_never_reads_the_test_split(tmp_path, monkeypatch):
     args = tune.parse(
         ["--tuner", "random", "--max-trials", "1", "--out", str(tmp_path / "s"), "--batch-size",
          "64", "--train-examples", "1024", "--val-examples", "128", "--budget-pflops", "0.0002",
-         "--set", "model.params.size=tiny", "--precision", "float32"]
+         "--set", "model.params.size=tiny", "--precision", "float32",
+         # the airbench base's one inter-op thread would size this whole test process's pool
+         "--set", "train.cpu_inter_op_threads=0"]
     )  # fmt: skip
     base = tune.base_config(args)
     assert base.data.test_examples == 0
