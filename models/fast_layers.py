@@ -15,7 +15,9 @@ These give the same numbers in far fewer passes over memory:
   convolution where that is slow: on CPUs with AVX512-BF16 and no AMX, a native op
   (models/native, docs/performance.md "A native weight gradient"); elsewhere, on small
   maps, nine matrix products, one per kernel offset (docs/performance.md, "The bfloat16
-  weight gradient"). Its bfloat16 bias gradient under a frozen kernel is summed in
+  weight gradient"). In float32, on CPUs with AVX-512 and no AMX, its 3x3 convs and both
+  their gradients are Winograd's F(2x2, 3x3) (models/native, docs/performance.md
+  "Winograd in float32"). Its bfloat16 bias gradient under a frozen kernel is summed in
   float32 (`bias_add`).
 - `Dense`: Keras's Dense whose bfloat16 bias gradient is summed in float32 too.
 """
@@ -267,6 +269,25 @@ def native_pays(in_channels: int, out_channels: int) -> bool:
     return in_channels >= _NATIVE_MIN_IN_CHANNELS and out_channels >= _NATIVE_MIN_OUT_CHANNELS
 
 
+# Where the float32 Winograd convs beat oneDNN's (forward, input and weight gradient, each
+# alone, on a Zen 4; docs/performance.md "Winograd in float32"): maps of 7x7 px and more,
+# with the airbench94 and medium nets' channels (24 -> 48 at the fewest). On 3x3 maps a 2x2
+# tile covers 4x4 px for 9 real ones, and oneDNN wins.
+_WINOGRAD_MIN_MAP = 7
+_WINOGRAD_MIN_IN_CHANNELS = 24
+_WINOGRAD_MIN_OUT_CHANNELS = 32
+
+
+def winograd_pays(height: int, width: int, in_channels: int, out_channels: int) -> bool:
+    """Whether a float32 3x3 conv of this shape is faster as the Winograd ops, where this
+    CPU takes them."""
+    return (
+        min(height, width) >= _WINOGRAD_MIN_MAP
+        and in_channels >= _WINOGRAD_MIN_IN_CHANNELS
+        and out_channels >= _WINOGRAD_MIN_OUT_CHANNELS
+    )
+
+
 def shifted_products(x, upstream, kernel_size: int):
     """The weight gradient of a stride-1 "same" convolution with an odd square kernel, as
     one matrix product per kernel offset: dW[i, j] = sum over pixels of
@@ -325,6 +346,19 @@ def _conv_with_native_weight_gradient(x, kernel):
 
 
 @tf.custom_gradient
+def winograd_conv(x, kernel):
+    """tf.nn.conv2d(x, kernel, 1, "SAME") for float32 NHWC x and a 3x3 kernel, and both its
+    gradients, by the native Winograd ops (models/native); they match TensorFlow's to
+    float32's accuracy."""
+    conv, filter_gradient = library.winograd_conv_f32()
+
+    def grad(upstream):
+        return conv(upstream, kernel, input_gradient=True), filter_gradient(x, upstream)
+
+    return conv(x, kernel), grad
+
+
+@tf.custom_gradient
 def bias_add(x, bias):
     """tf.nn.bias_add, channels last, whose bias gradient is summed with a float32
     accumulator. TensorFlow's CPU `BiasAddGrad` (the gradient of Keras's bias) sums
@@ -341,6 +375,10 @@ def bias_add(x, bias):
 
 def _on_cpu_in_bfloat16(x) -> bool:
     return x.dtype == tf.bfloat16 and not tf.config.list_logical_devices("GPU")
+
+
+def _on_cpu_in_float32(x) -> bool:
+    return x.dtype == tf.float32 and not tf.config.list_logical_devices("GPU")
 
 
 def _in_xla() -> bool:
@@ -381,11 +419,13 @@ class Conv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` (same weights, config and forward pass) whose weight gradient,
     in bfloat16 on a CPU for a stride-1 "same" layer with an odd square kernel, is the
     native op where this CPU takes it and `native_pays`, else `shifted_products` where
-    `shifted_products_pay` (`weight_gradient` names the choice). Everything else, the GPU,
-    XLA and float32 included, takes the stock kernels. Its bias, in bfloat16 on a CPU
-    under a frozen kernel (the whitening stem), is added by `bias_add`, whose gradient is
-    summed in float32. A trained kernel needs no such help: grappler fuses its filter
-    gradient and the bias gradient into one oneDNN kernel
+    `shifted_products_pay` (`weight_gradient` names the choice). In float32 on a CPU that
+    takes the Winograd ops, a 3x3 layer where `winograd_pays` runs its conv and both
+    gradients through them (`takes_winograd`; the same values to float32's rounding).
+    Everything else, the GPU and XLA included, takes the stock kernels. Its bias, in
+    bfloat16 on a CPU under a frozen kernel (the whitening stem), is added by `bias_add`,
+    whose gradient is summed in float32. A trained kernel needs no such help: grappler
+    fuses its filter gradient and the bias gradient into one oneDNN kernel
     (`_MklNativeConv2DBackpropFilterWithBias`), which sums in float32 and costs less than
     the filter gradient and a separate sum (docs/performance.md, "The bias gradient")."""
 
@@ -393,6 +433,20 @@ class Conv2D(keras.layers.Conv2D):
         if self.kernel.trainable or not _sums_bias_in_float32(self, inputs):
             return super().call(inputs)
         return _biased(self, self.convolution_op(inputs, self.kernel))
+
+    def takes_winograd(self, inputs) -> bool:
+        """Whether this layer convolves `inputs` with the Winograd ops: float32 on a CPU
+        that takes them, outside XLA, a stride-1 "same" 3x3 conv where `winograd_pays`."""
+        return (
+            _on_cpu_in_float32(inputs)
+            and inputs.shape.rank == 4
+            and None not in inputs.shape[1:]
+            and fits_shifted_products(self)
+            and tuple(self.kernel_size) == (3, 3)
+            and winograd_pays(*inputs.shape[1:3], inputs.shape[-1], self.filters)
+            and not _in_xla()
+            and library.winograd_conv_f32() is not None
+        )
 
     def weight_gradient(self, inputs, kernel) -> str:
         """Which weight gradient this layer takes for `inputs` in training: "native" (the
@@ -413,6 +467,8 @@ class Conv2D(keras.layers.Conv2D):
         return "stock"
 
     def convolution_op(self, inputs, kernel):
+        if self.takes_winograd(inputs):
+            return winograd_conv(inputs, tf.convert_to_tensor(kernel))
         taken = self.weight_gradient(inputs, kernel)
         if taken == "stock":
             return super().convolution_op(inputs, kernel)

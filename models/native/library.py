@@ -3,8 +3,8 @@ the installed TensorFlow's headers on first use, kept in a cache folder keyed by
 and the TensorFlow build, and loaded with `tf.load_op_library`.
 
 Nothing here is required: where the CPU lacks the instructions, or the machine has no C++
-compiler, `conv_filter_grad_bf16()` and `gelu_bf16()` return None with a logged reason and
-the layers take TensorFlow's kernels.
+compiler, `conv_filter_grad_bf16()`, `gelu_bf16()` and `winograd_conv_f32()` return None
+with a logged reason and the layers take TensorFlow's kernels.
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ CACHE = Path.home() / ".cache" / "cifar-pipeline" / "native"
 # TensorFlow's own (docs/performance.md, "A native weight gradient" and "A native GELU").
 # With AMX, oneDNN's kernels use the matrix units; not measured there.
 _NEEDS, _DEFERS_TO = "avx512_bf16", "amx_bf16"
+# The float32 Winograd convs need AVX-512 alone; measured faster than oneDNN's float32 convs
+# on a Zen 4 (docs/performance.md, "Winograd in float32"). CPUs with AMX train in bfloat16
+# at `auto` and were not measured, so they keep oneDNN's.
+_WINOGRAD_NEEDS = "avx512f"
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,11 @@ def cpu_flag_set(cpuinfo: str | Path = "/proc/cpuinfo") -> frozenset[str]:
 def pays_on(flags: frozenset[str]) -> bool:
     """Whether a CPU with these flags takes the native ops."""
     return _NEEDS in flags and _DEFERS_TO not in flags
+
+
+def winograd_pays_on(flags: frozenset[str]) -> bool:
+    """Whether a CPU with these flags takes the float32 Winograd convs."""
+    return _WINOGRAD_NEEDS in flags and _DEFERS_TO not in flags
 
 
 def compile_command(source: Path, target: Path) -> list[str]:
@@ -88,10 +97,11 @@ def build(source: Path, cache: Path = CACHE) -> Path:
 
 
 @functools.cache
-def load(source_name: str):
+def load(source_name: str, takes=pays_on):
     """The op library built from `source_name` in this folder, or None where this CPU does
-    not take the native ops or the library cannot be built (the reason is logged once)."""
-    if not pays_on(cpu_flag_set()):
+    not take it (`takes(flags)` is false) or the library cannot be built (the reason is
+    logged once)."""
+    if not takes(cpu_flag_set()):
         return None
     try:
         return tf.load_op_library(str(build(SOURCES / source_name)))
@@ -114,3 +124,12 @@ def gelu_bf16():
     bfloat16, as a pair, or None (`load`)."""
     ops = load("gelu_bf16.cc")
     return None if ops is None else (ops.bf16_gelu, ops.bf16_gelu_grad)
+
+
+def winograd_conv_f32():
+    """The ops `WinogradConv3x3` (float32 NHWC input and 3x3 HWIO filter of a stride-1
+    "same" conv -> its output; with `input_gradient=True`, the output's gradient and the
+    forward filter -> the input gradient) and `WinogradConv3x3FilterGrad` (input and output
+    gradient -> the filter gradient), as a pair, or None (`load`)."""
+    ops = load("winograd_conv_f32.cc", winograd_pays_on)
+    return None if ops is None else (ops.winograd_conv3x3, ops.winograd_conv3x3_filter_grad)

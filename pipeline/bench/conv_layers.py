@@ -1,8 +1,8 @@
 """Each trained conv layer of a model timed alone: its forward conv, input gradient and
 weight gradient (the stock kernel, and `shifted_products` and the native op where the
-layer could take them), in the training dtype, at the training batch. It shows which
-layers hold a step's conv time and whether `fast_layers.Conv2D`'s choice of weight
-gradient is the faster one on this CPU."""
+layer could take them; in float32, the Winograd ops' three too), in the training dtype,
+at the training batch. It shows which layers hold a step's conv time and whether
+`fast_layers.Conv2D`'s choices are the faster ones on this CPU."""
 
 from __future__ import annotations
 
@@ -42,9 +42,12 @@ def layer_times(model: keras.Model, batch: int, dtype: str, repeats: int = 5, ca
 
     Returns a list of dicts: name, map (h, w of its input), channels (in, out), flops,
     forward / input_gradient / weight_gradient ms (stock kernels), shifted and native ms
-    (None where the layer, or this CPU, cannot take them) and `taken`, the weight gradient
-    the layer runs in training ("native", "shifted" or "stock": fast_layers.Conv2D's
-    `weight_gradient`, stock for any other Conv2D).
+    (None where the layer, or this CPU, cannot take them), winograd (the Winograd ops'
+    forward / input_gradient / weight_gradient ms, in float32 where the layer and this CPU
+    could take them, else None) and `taken`, what the layer runs in training ("winograd"
+    for all three passes, else its weight gradient: "native", "shifted" or "stock";
+    fast_layers.Conv2D's `takes_winograd` and `weight_gradient`, stock for any other
+    Conv2D).
     """
     dt = tf.as_dtype(dtype)
     rows = []
@@ -67,10 +70,13 @@ def layer_times(model: keras.Model, batch: int, dtype: str, repeats: int = 5, ca
             ops["shifted"] = lambda x=x, dy=dy, k=k[0]: fast_layers.shifted_products(x, dy, k)
             if native is not None:
                 ops["native"] = lambda x=x, dy=dy, k=k[0], op=native: op(x, dy, kernel_size=k)
+        winograd = library.winograd_conv_f32() if dt == tf.float32 else None
+        if winograd is not None and k == (3, 3) and fast_layers.fits_shifted_products(layer):
+            ops.update(_winograd_ops(winograd, x, kernel, dy))
         ms = {name: 1e3 * op_seconds(op, repeats, calls) for name, op in ops.items()}
         taken = "stock"
         if isinstance(layer, fast_layers.Conv2D):
-            taken = layer.weight_gradient(x, kernel)
+            taken = "winograd" if layer.takes_winograd(x) else layer.weight_gradient(x, kernel)
         rows.append(
             {
                 "name": layer.name,
@@ -83,10 +89,26 @@ def layer_times(model: keras.Model, batch: int, dtype: str, repeats: int = 5, ca
                 **ms,
                 "shifted": ms.get("shifted"),
                 "native": ms.get("native"),
+                "winograd": {op: ms[f"winograd_{op}"] for op in _PASSES}
+                if "winograd_forward" in ms
+                else None,
                 "taken": taken,
             }
         )
     return rows
+
+
+_PASSES = ("forward", "input_gradient", "weight_gradient")
+
+
+def _winograd_ops(ops, x, kernel, dy) -> dict:
+    """The Winograd ops' three passes of one layer, as callables keyed like `conv_ops`."""
+    conv, filter_gradient = ops
+    return {
+        "winograd_forward": lambda: conv(x, kernel),
+        "winograd_input_gradient": lambda: conv(dy, kernel, input_gradient=True),
+        "winograd_weight_gradient": lambda: filter_gradient(x, dy),
+    }
 
 
 def format_table(rows: list[dict], batch: int) -> str:
@@ -96,22 +118,29 @@ def format_table(rows: list[dict], batch: int) -> str:
     def cell(ms, flops):
         return "" if ms is None else f"{ms:,.1f} ({flops / ms / 1e6:,.0f})"
 
+    def winograd_cell(times, flops):
+        return "" if not times else " / ".join(cell(times[op], flops) for op in _PASSES)
+
     with_torch = any(r.get("torch") for r in rows)
-    ops = ("forward", "input_gradient", "weight_gradient")
+    ops = _PASSES
     header = (
         "| layer | map | channels | forward | input gradient | weight gradient | shifted "
-        "products | native | taken |"
+        "products | native | Winograd: forward / input / weight gradient | taken |"
     )
     if with_torch:
         header += " PyTorch forward | PyTorch input gradient | PyTorch weight gradient |"
-    lines = [header, "|---|---|---|" + "---:|" * 5 + "---|" + "---:|" * (3 * with_torch)]
+    lines = [header, "|---|---|---|" + "---:|" * 6 + "---|" + "---:|" * (3 * with_torch)]
     total = 0.0
     for r in rows:
         f = r["flops"]
-        taken = r["weight_gradient"] if r["taken"] == "stock" else r[r["taken"]]
-        total += r["forward"] + r["input_gradient"] + taken
+        if r["taken"] == "winograd":
+            total += sum(r["winograd"].values())
+        else:
+            taken = r["weight_gradient"] if r["taken"] == "stock" else r[r["taken"]]
+            total += r["forward"] + r["input_gradient"] + taken
         cells = [cell(r[op], f) for op in ops]
-        cells += [cell(r.get(choice), f) for choice in ("shifted", "native")] + [r["taken"]]
+        cells += [cell(r.get(choice), f) for choice in ("shifted", "native")]
+        cells += [winograd_cell(r.get("winograd"), f), r["taken"]]
         if with_torch:
             cells += [cell((r.get("torch") or {}).get(op), f) for op in ops]
         lines.append(
@@ -119,8 +148,9 @@ def format_table(rows: list[dict], batch: int) -> str:
             f"{r['channels'][1]} | " + " | ".join(cells) + " |"
         )
     lines.append(
-        f"\nms (GFLOP/s) per op at batch {batch}. The convs of one training step, with the "
-        f"weight gradient each layer takes: {total:,.0f} ms, a ceiling of "
+        f"\nms (GFLOP/s) per op at batch {batch} (Winograd's GFLOP/s count the direct conv's "
+        f"FLOPs). The convs of one training step, with the kernels each layer takes: "
+        f"{total:,.0f} ms, a ceiling of "
         f"{batch / total * 1e3:,.0f} images/s for the convs alone."
     )
     return "\n".join(lines)

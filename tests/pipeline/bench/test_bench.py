@@ -143,7 +143,8 @@ def test_layer_times_cover_each_trained_conv_with_its_flops():
     assert rows[0]["flops"] == 2 * 2 * 31 * 31 * 9 * 24 * 16
     for r in rows:
         assert all(r[k] > 0 for k in ("forward", "input_gradient", "weight_gradient", "shifted"))
-        assert r["taken"] == "stock"  # float32 keeps the stock kernel
+        # float32 takes no weight gradient of its own (Winograd's is tested below)
+        assert r["taken"] in ("stock", "winograd")
 
 
 def test_layer_times_name_the_weight_gradient_each_layer_takes_in_bfloat16():
@@ -157,6 +158,28 @@ def test_layer_times_name_the_weight_gradient_each_layer_takes_in_bfloat16():
     assert rows[-1]["map"] == (3, 3) and rows[-1]["taken"] == "shifted"
     table = conv_layers.format_table(rows, batch=2)
     assert table.count("| stage") == len(rows) and "ceiling" in table
+
+
+def test_layer_times_in_float32_time_the_winograd_ops_and_take_them_where_they_pay():
+    from models.fast_layers import winograd_pays
+    from models.native import library
+    from pipeline.bench import conv_layers
+
+    rows = _layer_rows("custom_convnet", "float32", {"widths": [32, 32, 32]})
+    takes = library.winograd_conv_f32() is not None
+    assert [r["taken"] == "winograd" for r in rows] == [
+        takes and winograd_pays(*r["map"], *r["channels"]) for r in rows
+    ]
+    for r in rows:
+        assert (r["winograd"] is not None) == takes
+        assert not takes or all(ms > 0 for ms in r["winograd"].values())
+    if not takes:
+        pytest.skip("this CPU does not take the Winograd ops (AVX-512 without AMX)")
+    assert rows[0]["taken"] == "winograd" and rows[-1]["taken"] == "stock"  # 31x31 and 3x3
+    table = conv_layers.format_table(rows, batch=2)
+    steps = sum(sum(r["winograd"].values()) for r in rows if r["taken"] == "winograd")
+    steps += sum(r[op] for r in rows if r["taken"] == "stock" for op in conv_layers._PASSES)
+    assert f"takes: {steps:,.0f} ms" in table
 
 
 def test_layer_times_of_a_model_without_shapes_name_the_fix():
@@ -189,6 +212,6 @@ def test_layer_times_of_pytorch_fill_the_torch_columns():
         row["torch"] = t
     table = conv_layers.format_table(rows, batch=2)
     assert "PyTorch weight gradient" in table
-    assert all(line.count("|") == 13 for line in table.splitlines() if line.startswith("| stage"))
+    assert all(line.count("|") == 14 for line in table.splitlines() if line.startswith("| stage"))
     strided = {"map": (8, 8), "channels": (3, 4), "kernel": (3, 3), "stride": 2, "padding": "same"}
     assert torch_twin.conv_layer_times([strided], batch=2, dtype="float32", repeats=1) == [None]
