@@ -276,11 +276,24 @@ def native_pays(in_channels: int, out_channels: int) -> bool:
 _WINOGRAD_MIN_MAP = 7
 _WINOGRAD_MIN_IN_CHANNELS = 24
 _WINOGRAD_MIN_OUT_CHANNELS = 32
+# In bfloat16 (the forward conv and input gradient; the weight gradient stays the native
+# op) oneDNN's direct convs run twice float32's rate and the transforms' memory traffic
+# weighs more: the Winograd ops won on airbench94's 15x15 (64 -> 256) and 7x7 (256) layers
+# and medium's 15x15 (48 -> 128), tied at 64 x 64 channels and on medium's 7x7, and lost on
+# the 31x31 layers after the stem.
+_BF16_WINOGRAD_MIN_CHANNEL_PAIRS = 48 * 128
 
 
-def winograd_pays(height: int, width: int, in_channels: int, out_channels: int) -> bool:
-    """Whether a float32 3x3 conv of this shape is faster as the Winograd ops, where this
+def winograd_pays(
+    height: int, width: int, in_channels: int, out_channels: int, dtype=tf.float32
+) -> bool:
+    """Whether a 3x3 conv of this shape in `dtype` is faster as the Winograd ops, where this
     CPU takes them."""
+    if dtype == tf.bfloat16:
+        return (
+            min(height, width) >= _WINOGRAD_MIN_MAP
+            and in_channels * out_channels >= _BF16_WINOGRAD_MIN_CHANNEL_PAIRS
+        )
     return (
         min(height, width) >= _WINOGRAD_MIN_MAP
         and in_channels >= _WINOGRAD_MIN_IN_CHANNELS
@@ -345,17 +358,43 @@ def _conv_with_native_weight_gradient(x, kernel):
     return _conv_with(x, kernel, weight_gradient)
 
 
+def _rotated(kernel):
+    """A 3x3 HWIO kernel turned by 180 degrees with its channel axes swapped: the kernel of
+    the "same" conv of the output's gradient that gives the input gradient."""
+    return tf.transpose(tf.reverse(kernel, [0, 1]), [0, 1, 3, 2])
+
+
+def winograd_passes(dtype):
+    """A 3x3 stride-1 "same" conv's three passes through the Winograd ops in `dtype`, as
+    callables forward(x, kernel), input_gradient(upstream, kernel) and
+    weight_gradient(x, upstream) (float32 sums), or None where this CPU does not take them.
+    In bfloat16 the weight gradient is the native `Bf16ConvFilterGrad`."""
+    if dtype == tf.float32 and (ops := library.winograd_conv_f32()) is not None:
+        conv, filter_gradient = ops
+        return conv, lambda dy, kernel: conv(dy, kernel, input_gradient=True), filter_gradient
+    conv, native = library.winograd_conv_bf16(), library.conv_filter_grad_bf16()
+    if dtype != tf.bfloat16 or conv is None or native is None:
+        return None
+    return (
+        conv,
+        lambda dy, kernel: conv(dy, _rotated(kernel)),
+        lambda x, dy: native(x, dy, kernel_size=3),
+    )
+
+
 @tf.custom_gradient
 def winograd_conv(x, kernel):
-    """tf.nn.conv2d(x, kernel, 1, "SAME") for float32 NHWC x and a 3x3 kernel, and both its
-    gradients, by the native Winograd ops (models/native); they match TensorFlow's to
-    float32's accuracy."""
-    conv, filter_gradient = library.winograd_conv_f32()
+    """tf.nn.conv2d(x, kernel, 1, "SAME") for NHWC x and a 3x3 kernel, and both its
+    gradients, through `winograd_passes` (models/native). float32 matches TensorFlow's to
+    float32's accuracy; bfloat16 rounds the transformed tiles and filters to bfloat16 too
+    (about twice the error of the stock conv's rounding, docs/performance.md)."""
+    forward, input_gradient, weight_gradient = winograd_passes(x.dtype)
 
     def grad(upstream):
-        return conv(upstream, kernel, input_gradient=True), filter_gradient(x, upstream)
+        dw = tf.cast(weight_gradient(x, upstream), kernel.dtype)
+        return input_gradient(upstream, kernel), dw
 
-    return conv(x, kernel), grad
+    return forward(x, kernel), grad
 
 
 @tf.custom_gradient
@@ -375,10 +414,6 @@ def bias_add(x, bias):
 
 def _on_cpu_in_bfloat16(x) -> bool:
     return x.dtype == tf.bfloat16 and not tf.config.list_logical_devices("GPU")
-
-
-def _on_cpu_in_float32(x) -> bool:
-    return x.dtype == tf.float32 and not tf.config.list_logical_devices("GPU")
 
 
 def _in_xla() -> bool:
@@ -438,14 +473,15 @@ class Conv2D(keras.layers.Conv2D):
         """Whether this layer convolves `inputs` with the Winograd ops: float32 on a CPU
         that takes them, outside XLA, a stride-1 "same" 3x3 conv where `winograd_pays`."""
         return (
-            _on_cpu_in_float32(inputs)
+            inputs.dtype in (tf.float32, tf.bfloat16)
+            and not tf.config.list_logical_devices("GPU")
             and inputs.shape.rank == 4
             and None not in inputs.shape[1:]
             and fits_shifted_products(self)
             and tuple(self.kernel_size) == (3, 3)
-            and winograd_pays(*inputs.shape[1:3], inputs.shape[-1], self.filters)
+            and winograd_pays(*inputs.shape[1:3], inputs.shape[-1], self.filters, inputs.dtype)
             and not _in_xla()
-            and library.winograd_conv_f32() is not None
+            and winograd_passes(inputs.dtype) is not None
         )
 
     def weight_gradient(self, inputs, kernel) -> str:

@@ -57,6 +57,10 @@ def _matmul_flops(op) -> int:
 
 _COUNTERS = {
     "Conv2D": _conv_flops,
+    # fast_layers.Conv2D's Winograd ops (models/native): the same conv, counted as the
+    # direct one (what the FLOPs compare across kernels), whatever the kernel saves.
+    "WinogradConv3x3": _conv_flops,
+    "Bf16WinogradConv3x3": _conv_flops,
     "DepthwiseConv2dNative": _depthwise_flops,
     "MatMul": _matmul_flops,
     "BatchMatMulV2": _matmul_flops,

@@ -3,8 +3,9 @@ the installed TensorFlow's headers on first use, kept in a cache folder keyed by
 and the TensorFlow build, and loaded with `tf.load_op_library`.
 
 Nothing here is required: where the CPU lacks the instructions, or the machine has no C++
-compiler, `conv_filter_grad_bf16()`, `gelu_bf16()` and `winograd_conv_f32()` return None
-with a logged reason and the layers take TensorFlow's kernels.
+compiler, `conv_filter_grad_bf16()`, `gelu_bf16()`, `winograd_conv_f32()` and
+`winograd_conv_bf16()` return None with a logged reason and the layers take TensorFlow's
+kernels.
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ CACHE = Path.home() / ".cache" / "cifar-pipeline" / "native"
 # TensorFlow's own (docs/performance.md, "A native weight gradient" and "A native GELU").
 # With AMX, oneDNN's kernels use the matrix units; not measured there.
 _NEEDS, _DEFERS_TO = "avx512_bf16", "amx_bf16"
-# The float32 Winograd convs need AVX-512 alone; measured faster than oneDNN's float32 convs
-# on a Zen 4 (docs/performance.md, "Winograd in float32"). CPUs with AMX train in bfloat16
-# at `auto` and were not measured, so they keep oneDNN's.
-_WINOGRAD_NEEDS = "avx512f"
+# The float32 Winograd convs need AVX-512 alone (its F, BW and VL parts); measured faster
+# than oneDNN's float32 convs on a Zen 4 (docs/performance.md, "Winograd convolutions").
+# CPUs with AMX train in bfloat16 at `auto` and were not measured, so they keep oneDNN's.
+_WINOGRAD_NEEDS = frozenset({"avx512f", "avx512bw", "avx512vl"})
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def pays_on(flags: frozenset[str]) -> bool:
 
 def winograd_pays_on(flags: frozenset[str]) -> bool:
     """Whether a CPU with these flags takes the float32 Winograd convs."""
-    return _WINOGRAD_NEEDS in flags and _DEFERS_TO not in flags
+    return _WINOGRAD_NEEDS <= flags and _DEFERS_TO not in flags
 
 
 def compile_command(source: Path, target: Path) -> list[str]:
@@ -131,5 +132,13 @@ def winograd_conv_f32():
     "same" conv -> its output; with `input_gradient=True`, the output's gradient and the
     forward filter -> the input gradient) and `WinogradConv3x3FilterGrad` (input and output
     gradient -> the filter gradient), as a pair, or None (`load`)."""
-    ops = load("winograd_conv_f32.cc", winograd_pays_on)
+    ops = load("winograd_conv.cc", winograd_pays_on)
     return None if ops is None else (ops.winograd_conv3x3, ops.winograd_conv3x3_filter_grad)
+
+
+def winograd_conv_bf16():
+    """The op `Bf16WinogradConv3x3` (bfloat16 NHWC input and 3x3 HWIO filter of a stride-1
+    "same" conv -> its output, in bfloat16), or None: it needs the float32 ops' library and
+    a CPU that takes the bfloat16 native ops (`pays_on`)."""
+    ops = load("winograd_conv.cc", winograd_pays_on)
+    return None if ops is None or not pays_on(cpu_flag_set()) else ops.bf16_winograd_conv3x3

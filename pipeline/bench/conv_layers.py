@@ -1,7 +1,7 @@
 """Each trained conv layer of a model timed alone: its forward conv, input gradient and
 weight gradient (the stock kernel, and `shifted_products` and the native op where the
-layer could take them; in float32, the Winograd ops' three too), in the training dtype,
-at the training batch. It shows which layers hold a step's conv time and whether
+layer could take them; the Winograd ops' three too where this CPU takes them), in the
+training dtype, at the training batch. It shows which layers hold a step's conv time and whether
 `fast_layers.Conv2D`'s choices are the faster ones on this CPU."""
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ def layer_times(model: keras.Model, batch: int, dtype: str, repeats: int = 5, ca
     Returns a list of dicts: name, map (h, w of its input), channels (in, out), flops,
     forward / input_gradient / weight_gradient ms (stock kernels), shifted and native ms
     (None where the layer, or this CPU, cannot take them), winograd (the Winograd ops'
-    forward / input_gradient / weight_gradient ms, in float32 where the layer and this CPU
-    could take them, else None) and `taken`, what the layer runs in training ("winograd"
+    forward / input_gradient / weight_gradient ms, where the layer and this CPU could take
+    them, else None) and `taken`, what the layer runs in training ("winograd"
     for all three passes, else its weight gradient: "native", "shifted" or "stock";
     fast_layers.Conv2D's `takes_winograd` and `weight_gradient`, stock for any other
     Conv2D).
@@ -70,7 +70,7 @@ def layer_times(model: keras.Model, batch: int, dtype: str, repeats: int = 5, ca
             ops["shifted"] = lambda x=x, dy=dy, k=k[0]: fast_layers.shifted_products(x, dy, k)
             if native is not None:
                 ops["native"] = lambda x=x, dy=dy, k=k[0], op=native: op(x, dy, kernel_size=k)
-        winograd = library.winograd_conv_f32() if dt == tf.float32 else None
+        winograd = fast_layers.winograd_passes(dt)
         if winograd is not None and k == (3, 3) and fast_layers.fits_shifted_products(layer):
             ops.update(_winograd_ops(winograd, x, kernel, dy))
         ms = {name: 1e3 * op_seconds(op, repeats, calls) for name, op in ops.items()}
@@ -101,13 +101,13 @@ def layer_times(model: keras.Model, batch: int, dtype: str, repeats: int = 5, ca
 _PASSES = ("forward", "input_gradient", "weight_gradient")
 
 
-def _winograd_ops(ops, x, kernel, dy) -> dict:
-    """The Winograd ops' three passes of one layer, as callables keyed like `conv_ops`."""
-    conv, filter_gradient = ops
+def _winograd_ops(passes, x, kernel, dy) -> dict:
+    """`fast_layers.winograd_passes` on one layer, as callables keyed like `conv_ops`."""
+    forward, input_gradient, weight_gradient = passes
     return {
-        "winograd_forward": lambda: conv(x, kernel),
-        "winograd_input_gradient": lambda: conv(dy, kernel, input_gradient=True),
-        "winograd_weight_gradient": lambda: filter_gradient(x, dy),
+        "winograd_forward": lambda: forward(x, kernel),
+        "winograd_input_gradient": lambda: input_gradient(dy, kernel),
+        "winograd_weight_gradient": lambda: weight_gradient(x, dy),
     }
 
 

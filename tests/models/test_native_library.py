@@ -23,8 +23,10 @@ def test_only_avx512_bf16_cpus_without_amx_take_it():
 
 
 def test_avx512_cpus_without_amx_take_the_float32_winograd_convs():
-    assert library.winograd_pays_on(frozenset({"avx2", "avx512f"}))
-    assert not library.winograd_pays_on(frozenset({"avx512f", "amx_bf16"}))  # not measured
+    avx512 = {"avx512f", "avx512bw", "avx512vl"}
+    assert library.winograd_pays_on(frozenset({"avx2", *avx512}))
+    assert not library.winograd_pays_on(frozenset({"avx2", "avx512f"}))
+    assert not library.winograd_pays_on(frozenset({*avx512, "amx_bf16"}))  # not measured
     assert not library.winograd_pays_on(frozenset({"avx2", "fma"}))
 
 
@@ -62,7 +64,11 @@ def test_a_machine_without_a_compiler_is_told_what_to_install(tmp_path, monkeypa
 
 
 def test_a_failed_build_falls_back_with_the_reason_logged(monkeypatch, caplog, fresh_loader):
-    monkeypatch.setattr(library, "cpu_flag_set", lambda: frozenset({"avx512_bf16", "avx512f"}))
+    monkeypatch.setattr(
+        library,
+        "cpu_flag_set",
+        lambda: frozenset({"avx512_bf16", "avx512f", "avx512bw", "avx512vl"}),
+    )
 
     def no_compiler(source):
         raise RuntimeError("no C++ compiler: install g++")
@@ -71,9 +77,9 @@ def test_a_failed_build_falls_back_with_the_reason_logged(monkeypatch, caplog, f
     with caplog.at_level(logging.WARNING, logger=library.__name__):
         assert library.conv_filter_grad_bf16() is None
         assert library.gelu_bf16() is None
-        assert library.winograd_conv_f32() is None
+        assert library.winograd_conv_f32() is None and library.winograd_conv_bf16() is None
     assert "TensorFlow's kernel runs instead" in caplog.text and "install g++" in caplog.text
-    assert "gelu_bf16.cc" in caplog.text and "winograd_conv_f32.cc" in caplog.text
+    assert "gelu_bf16.cc" in caplog.text and "winograd_conv.cc" in caplog.text
 
 
 def test_cpus_that_do_not_take_it_never_build_it(monkeypatch, fresh_loader):

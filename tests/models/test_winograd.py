@@ -1,5 +1,6 @@
-"""The float32 Winograd convs (models/native/winograd_conv_f32.cc): each op against
-TensorFlow's own kernel per layer shape, their errors, and which layers take them."""
+"""The Winograd convs (models/native/winograd_conv.cc): each op against TensorFlow's own
+kernel per layer shape, their errors, and which layers take them, in float32 and
+bfloat16."""
 
 import keras
 import numpy as np
@@ -11,6 +12,8 @@ from models.native import library
 from pipeline.training import precision
 
 _WINOGRAD_OPS = {"WinogradConv3x3", "WinogradConv3x3FilterGrad"}
+# bfloat16: the conv and the input gradient; the weight gradient is the native op.
+_BF16_WINOGRAD_OPS = {"Bf16WinogradConv3x3", "Bf16ConvFilterGrad"}
 
 
 def _ops():
@@ -18,6 +21,13 @@ def _ops():
     if ops is None:
         pytest.skip("this CPU does not take the Winograd ops (AVX-512 without AMX)")
     return ops
+
+
+def _bf16_op():
+    op = library.winograd_conv_bf16()
+    if op is None:
+        pytest.skip("this CPU does not take the bfloat16 Winograd op (AVX512-BF16, no AMX)")
+    return op
 
 
 def _case(batch, height, width, in_channels, out_channels, seed=0):
@@ -73,6 +83,27 @@ def test_winograd_ops_are_the_convolution_and_its_gradients(
     _close(filter_gradient(x, upstream), stock_filter_gradient)
 
 
+@pytest.mark.parametrize(
+    "batch,height,width,in_channels,out_channels",
+    [(2, 7, 7, 256, 256), (2, 15, 15, 64, 256), (3, 6, 9, 13, 70), (1, 1, 1, 3, 5)],
+)
+def test_bfloat16_winograd_conv_is_the_convolution_to_bfloat16_precision(
+    batch, height, width, in_channels, out_channels
+):
+    op = _bf16_op()
+    x, kernel, _ = _case(batch, height, width, in_channels, out_channels)
+    xb, kb = tf.cast(x, tf.bfloat16), tf.cast(kernel, tf.bfloat16)
+    exact = tf.nn.conv2d(tf.cast(xb, tf.float32), tf.cast(kb, tf.float32), 1, "SAME").numpy()
+    ours = op(xb, kb)
+    assert ours.dtype == tf.bfloat16 and ours.shape == exact.shape
+    error = tf.cast(ours, tf.float32).numpy() - exact
+    # The transformed tiles and filters are rounded to bfloat16 as well as the output:
+    # about 2.5 times the stock conv's error (the output's rounding alone, 0.16% rms),
+    # within 2^-7 of the output's scale everywhere and of its rms on average.
+    assert np.abs(error).max() <= 2**-7 * np.abs(exact).max()
+    assert np.sqrt(np.mean(error**2)) <= 2**-7 * np.sqrt(np.mean(exact**2))
+
+
 def test_winograd_ops_name_what_they_expected():
     conv, filter_gradient = _ops()
     x = tf.zeros([2, 5, 5, 8])
@@ -112,6 +143,22 @@ def _step(layer, x, upstream, jit=False):
 
 
 @pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
+def test_fast_conv_in_bfloat16_trains_like_keras_conv_through_winograd(jit):
+    _bf16_op()
+    x, _, upstream = _case(4, 7, 7, 64, 128)
+    stock, fast = _conv_pair("mixed_bfloat16", 128)
+    stock.build(x.shape)
+    fast.build(x.shape)
+    fast.kernel.assign(stock.kernel)
+    ours, ops = _step(fast, tf.cast(x, tf.bfloat16), upstream, jit)
+    theirs, _ = _step(stock, tf.cast(x, tf.bfloat16), upstream, jit)
+    assert (ops & _BF16_WINOGRAD_OPS == _BF16_WINOGRAD_OPS) is not jit
+    for a, b in zip(ours, theirs, strict=True):
+        a, b = tf.cast(a, tf.float32).numpy(), tf.cast(b, tf.float32).numpy()
+        np.testing.assert_allclose(a, b, atol=2**-7 * np.abs(b).max())
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["graph", "xla"])
 def test_fast_conv_in_float32_trains_like_keras_conv_through_winograd(jit):
     _ops()
     x, _, upstream = _case(4, 7, 7, 32, 48)
@@ -139,8 +186,12 @@ def test_winograd_only_in_float32_where_measured_faster():
     with precision.policy_scope("float32"):
         five_by_five = fast_layers.Conv2D(32, 5, padding="same")
     assert fast32.takes_winograd(seven) and not fast32.takes_winograd(three)
-    assert not fast16.takes_winograd(tf.cast(seven, tf.bfloat16))
     assert not five_by_five.takes_winograd(seven)
+    # bfloat16: only wide layers (oneDNN's direct conv runs at twice float32's rate there)
+    assert not fast16.takes_winograd(tf.cast(seven, tf.bfloat16))
+    assert fast_layers.winograd_pays(15, 15, 64, 256, tf.bfloat16)
+    assert not fast_layers.winograd_pays(31, 31, 24, 64, tf.bfloat16)
+    assert not fast_layers.winograd_pays(3, 3, 256, 256, tf.bfloat16)
 
 
 def test_fast_conv_without_the_winograd_ops_takes_the_stock_kernels(monkeypatch):

@@ -41,10 +41,10 @@ using tensorflow::int64;
 
 constexpr int kRows = 6;   // tiles (forward) or channels (filter gradient) per register block
 constexpr int kCols = 64;  // filters per register block: 4 zmm of 16 float32
-// Tiles per block: the block's transforms (16 positions x tiles x channels, twice) stay in
-// a 1 MB L2 at 256 channels. Measured on the airbench94 layers: 48-96 tiles alike, 192 and
-// 384 slower (docs/performance.md).
-constexpr int kTileBlock = 96;
+// Tiles per block: the block's transforms (16 positions x tiles x channels, twice) stay
+// near the core's L2. Measured on the airbench94 layers (docs/performance.md): 24-96 tiles
+// alike within the machine's noise, 48 a little ahead in bfloat16; 192 and 384 slower.
+constexpr int kTileBlock = 48;
 
 // A stride-1 "same" 3x3 conv of `in` channels into `out`, over 2x2 output tiles.
 struct Geometry {
@@ -57,6 +57,7 @@ struct Geometry {
   int64 out_padded() const { return int64(out_blocks()) * kCols; }
   int in_blocks() const { return (in + kRows - 1) / kRows; }
   int64 in_padded() const { return int64(in_blocks()) * kRows; }
+  int in_pairs() const { return (in + 1) / 2; }
   // Values of the transformed filter, [16][out block][in][64].
   int64 filter_values() const { return 16 * int64(in) * out_padded(); }
   // Values of one block's transformed outputs (or output gradients), [16][tile][out padded].
@@ -76,11 +77,25 @@ struct Tile {
 };
 
 #pragma GCC push_options
-#pragma GCC target("avx512f")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512bf16")
 
 // The first `n` of 16 lanes (all of them for n >= 16, none for n <= 0).
 inline __mmask16 lanes(int n) {
   return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+}
+
+using bf16_bits = uint16_t;
+
+// 16 values as float32 lanes: float32 as is, bfloat16 widened (exactly) on load and rounded
+// to nearest even on store.
+inline __m512 load16(const float* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+inline __m512 load16(const bf16_bits* p, __mmask16 m) {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+inline void store16(float* p, __mmask16 m, __m512 v) { _mm512_mask_storeu_ps(p, m, v); }
+inline void store16(bf16_bits* p, __mmask16 m, __m512 v) {
+  _mm256_mask_storeu_epi16(p, m, (__m256i)_mm512_cvtneps_pbh(v));
 }
 
 // out[0..3] = G t for one column of three taps: t0, (t0 + t1 + t2) / 2, (t0 - t1 + t2) / 2, t2.
@@ -90,6 +105,17 @@ inline void filter_column(__m512 t0, __m512 t1, __m512 t2, __m512* out) {
   out[1] = _mm512_mul_ps(half, _mm512_add_ps(ends, t1));
   out[2] = _mm512_mul_ps(half, _mm512_sub_ps(ends, t1));
   out[3] = t2;
+}
+
+// values[p] = (G g G^T)[p] for a 3x3 filter tile `tap`, 16 filters a lane.
+inline void filter_tile(const __m512 (&tap)[3][3], __m512* values) {
+  __m512 rows[4][3];  // G g, by columns
+  for (int j = 0; j < 3; ++j) {
+    __m512 column[4];
+    filter_column(tap[0][j], tap[1][j], tap[2][j], column);
+    for (int i = 0; i < 4; ++i) rows[i][j] = column[i];
+  }
+  for (int i = 0; i < 4; ++i) filter_column(rows[i][0], rows[i][1], rows[i][2], values + 4 * i);
 }
 
 // U[p][out block][c][64] = (G g G^T)[p] for input channels [first, last). `filter` is
@@ -115,20 +141,11 @@ void transform_filter(const Geometry& g, const float* filter, bool input_gradien
             tap[i][j] = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), m, at, base, 4);
           }
         }
-      __m512 rows[4][3];  // G g, by columns
-      for (int j = 0; j < 3; ++j) {
-        __m512 column[4];
-        filter_column(tap[0][j], tap[1][j], tap[2][j], column);
-        for (int i = 0; i < 4; ++i) rows[i][j] = column[i];
-      }
-      for (int i = 0; i < 4; ++i) {
-        __m512 values[4];  // (G g) G^T, row i
-        filter_column(rows[i][0], rows[i][1], rows[i][2], values);
-        for (int j = 0; j < 4; ++j) {
-          const int64 p = i * 4 + j;
-          float* to = u + ((p * g.out_blocks() + f0 / kCols) * g.in + c) * kCols + f0 % kCols;
-          _mm512_storeu_ps(to, _mm512_maskz_mov_ps(m, values[j]));
-        }
+      __m512 values[16];
+      filter_tile(tap, values);
+      for (int p = 0; p < 16; ++p) {
+        float* to = u + ((p * g.out_blocks() + f0 / kCols) * g.in + c) * kCols + f0 % kCols;
+        _mm512_storeu_ps(to, _mm512_maskz_mov_ps(m, values[p]));
       }
     }
   }
@@ -145,16 +162,16 @@ inline void input_column(const __m512* d, __m512* out) {
 // V[p][t][c] = (B^T d B)[p] for the tiles [first, first + count) of one block, rows `row`
 // values apart; rows past `count` are zero. The 4x4 input tile of output tile (r, s)
 // starts at input pixel (r - 1, s - 1): pixels off the map are the padding's zeros.
-void transform_input(const Geometry& g, const float* x, int64 first, int count, float* v,
-                     int64 row) {
+template <typename T>
+void transform_input(const Geometry& g, const T* x, int64 first, int count, T* v, int64 row) {
   const int64 position = int64(kTileBlock) * row;
   for (int t = 0; t < kTileBlock; ++t) {
     if (t >= count) {
-      for (int p = 0; p < 16; ++p) std::memset(v + p * position + t * row, 0, g.in * 4);
+      for (int p = 0; p < 16; ++p) std::memset(v + p * position + t * row, 0, g.in * sizeof(T));
       continue;
     }
     const Tile tile(g, first + t);
-    const float* image = x + int64(tile.image) * g.height * g.width * g.in;
+    const T* image = x + int64(tile.image) * g.height * g.width * g.in;
     for (int c0 = 0; c0 < g.in; c0 += 16) {
       const __mmask16 m = lanes(g.in - c0);
       __m512 d[4][4];
@@ -162,7 +179,7 @@ void transform_input(const Geometry& g, const float* x, int64 first, int count, 
         for (int j = 0; j < 4; ++j) {
           const int r = tile.row - 1 + i, s = tile.col - 1 + j;
           const bool inside = r >= 0 && r < g.height && s >= 0 && s < g.width;
-          d[j][i] = inside ? _mm512_maskz_loadu_ps(m, image + (int64(r) * g.width + s) * g.in + c0)
+          d[j][i] = inside ? load16(image + (int64(r) * g.width + s) * g.in + c0, m)
                            : _mm512_setzero_ps();
         }
       __m512 rows[4][4];  // B^T d, by columns: rows[j] is column j
@@ -172,7 +189,7 @@ void transform_input(const Geometry& g, const float* x, int64 first, int count, 
         __m512 values[4];
         input_column(across, values);
         for (int j = 0; j < 4; ++j)
-          _mm512_mask_storeu_ps(v + (i * 4 + j) * position + t * row + c0, m, values[j]);
+          store16(v + (i * 4 + j) * position + t * row + c0, m, values[j]);
       }
     }
   }
@@ -258,11 +275,12 @@ inline void output_column(const __m512* a, __m512* out) {
 
 // y's 2x2 outputs of the tiles [first, first + count) from M: A^T M A; the outputs past
 // the map's edge (an odd height or width) are dropped.
-void transform_output(const Geometry& g, const float* m, int64 first, int count, float* y) {
+template <typename T>
+void transform_output(const Geometry& g, const float* m, int64 first, int count, T* y) {
   const int64 out = g.out_padded(), position = int64(kTileBlock) * out;
   for (int t = 0; t < count; ++t) {
     const Tile tile(g, first + t);
-    float* image = y + int64(tile.image) * g.height * g.width * g.out;
+    T* image = y + int64(tile.image) * g.height * g.width * g.out;
     for (int f0 = 0; f0 < g.out; f0 += 16) {
       const __mmask16 lane = lanes(g.out - f0);
       __m512 columns[4][4];  // columns[j][i] = M[i][j]
@@ -275,9 +293,8 @@ void transform_output(const Geometry& g, const float* m, int64 first, int count,
         __m512 values[2];
         output_column(across, values);
         for (int j = 0; j < 2 && tile.col + j < g.width; ++j)
-          _mm512_mask_storeu_ps(
-              image + (int64(tile.row + i) * g.width + tile.col + j) * g.out + f0, lane,
-              values[j]);
+          store16(image + (int64(tile.row + i) * g.width + tile.col + j) * g.out + f0, lane,
+                  values[j]);
       }
     }
   }
@@ -370,6 +387,83 @@ void finish_filter_gradient(const Geometry& g, const float* sums, int shards, in
           _mm512_mask_storeu_ps(dw + ((int64(i) * 3 + j) * g.in + c) * g.out + f0,
                                 lanes(g.out - f0), values[j]);
       }
+    }
+}
+
+
+// The bfloat16 forward conv: the same transforms, with V and U rounded to bfloat16 and the
+// products as AVX512-BF16 dot products (vdpbf16ps), which multiply pairs of bfloat16 along
+// the contraction and add both into one float32 lane. So the channels go in pairs:
+// V [16][tile][2 x pairs] (a tile's channel pair side by side) and
+// U [16][out block][pair][64][2].
+
+// U for channel pairs [first, last): G g G^T in float32, rounded once.
+void transform_filter_pairs(const Geometry& g, const bf16_bits* filter, bf16_bits* u,
+                            int64 first, int64 last) {
+  // Element 2i of a packed pair row is the even channel's filter i, 2i + 1 the odd one's.
+  alignas(64) int16_t order[32];
+  for (int i = 0; i < 16; ++i) order[2 * i] = i, order[2 * i + 1] = 16 + i;
+  const __m512i interleave = _mm512_load_si512(order);
+  for (int64 q = first; q < last; ++q)
+    for (int f0 = 0; f0 < g.out; f0 += 16) {
+      const __mmask16 m = lanes(g.out - f0);
+      __m512 values[2][16];
+      for (int h = 0; h < 2; ++h) {
+        const int64 c = 2 * q + h;
+        __m512 tap[3][3];
+        for (int i = 0; i < 3; ++i)
+          for (int j = 0; j < 3; ++j)
+            tap[i][j] = c < g.in ? load16(filter + ((int64(i) * 3 + j) * g.in + c) * g.out + f0, m)
+                                 : _mm512_setzero_ps();
+        filter_tile(tap, values[h]);
+      }
+      for (int p = 0; p < 16; ++p) {
+        const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(values[1][p], values[0][p]);
+        bf16_bits* to = u + ((int64(p) * g.out_blocks() + f0 / kCols) * g.in_pairs() + q) * 2 * kCols +
+                        2 * (f0 % kCols);
+        _mm512_storeu_si512(to, _mm512_permutexvar_epi16(interleave, both));
+      }
+    }
+}
+
+// m[0..6)[0..16 kV) = sum over `pairs` channel pairs of v[i][pair] . u[pair][..].
+template <int kV>
+__attribute__((noinline)) void pair_product_block(const bf16_bits* v, int64 v_row,
+                                                  const bf16_bits* u, int pairs, float* m,
+                                                  int64 m_row) {
+  __m512 acc[kRows][kV];
+  for (int i = 0; i < kRows; ++i)
+    for (int j = 0; j < kV; ++j) acc[i][j] = _mm512_setzero_ps();
+  for (int q = 0; q < pairs; ++q) {
+    __m512bh b[kV];
+    for (int j = 0; j < kV; ++j)
+      b[j] = (__m512bh)_mm512_loadu_si512(u + int64(q) * 2 * kCols + 32 * j);
+    for (int i = 0; i < kRows; ++i) {
+      int32_t pair;
+      std::memcpy(&pair, v + i * v_row + 2 * q, sizeof pair);
+      const __m512bh a = (__m512bh)_mm512_set1_epi32(pair);
+      for (int j = 0; j < kV; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], a, b[j]);
+    }
+  }
+  for (int i = 0; i < kRows; ++i)
+    for (int j = 0; j < kV; ++j) _mm512_storeu_ps(m + i * m_row + 16 * j, acc[i][j]);
+}
+template <int kV>
+struct PairProductBlock {
+  template <typename... Args>
+  static void run(Args... args) { pair_product_block<kV>(args...); }
+};
+
+// M[p] = V[p] x U[p] for one block, in channel pairs.
+void multiply_pairs(const Geometry& g, const bf16_bits* v, const bf16_bits* u, float* m) {
+  const int64 out = g.out_padded(), row = 2 * int64(g.in_pairs());
+  for (int p = 0; p < 16; ++p)
+    for (int ob = 0; ob < g.out_blocks(); ++ob) {
+      const bf16_bits* up = u + (int64(p) * g.out_blocks() + ob) * g.in_pairs() * 2 * kCols;
+      for (int t = 0; t < kTileBlock; t += kRows)
+        by_width<PairProductBlock>(g, ob, v + (int64(p) * kTileBlock + t) * row, row, up,
+                                   g.in_pairs(), m + (int64(p) * kTileBlock + t) * out + ob * kCols,
+                                   out);
     }
 }
 
@@ -512,6 +606,68 @@ class WinogradConv3x3FilterGradOp : public tensorflow::OpKernel {
   }
 };
 
+
+class Bf16WinogradConv3x3Op : public tensorflow::OpKernel {
+ public:
+  explicit Bf16WinogradConv3x3Op(tensorflow::OpKernelConstruction* context)
+      : OpKernel(context) {}
+
+  void Compute(tensorflow::OpKernelContext* context) override {
+    OP_REQUIRES(context, __builtin_cpu_supports("avx512bf16"),
+                tensorflow::errors::Unimplemented(
+                    "Bf16WinogradConv3x3 needs a CPU with AVX512-BF16 (avx512_bf16 in "
+                    "/proc/cpuinfo); use tf.nn.conv2d elsewhere"));
+    const tensorflow::Tensor& x = context->input(0);
+    const tensorflow::Tensor& filter = context->input(1);
+    OP_REQUIRES_OK(context, check_nhwc(x, filter, "input and filter"));
+    OP_REQUIRES(context,
+                filter.dim_size(0) == 3 && filter.dim_size(1) == 3 &&
+                    filter.dim_size(2) == x.dim_size(3),
+                tensorflow::errors::InvalidArgument(
+                    "expected a 3x3 filter whose input channels match the input's ",
+                    x.dim_size(3), ", got filter ", filter.shape().DebugString()));
+    const Geometry g{int(x.dim_size(0)), int(x.dim_size(1)), int(x.dim_size(2)),
+                     int(x.dim_size(3)), int(filter.dim_size(3))};
+    tensorflow::Tensor* y = nullptr;
+    OP_REQUIRES_OK(context, context->allocate_output(
+                                0, {g.images, g.height, g.width, g.out}, &y));
+    if (g.tiles() == 0 || g.out == 0) return;
+    auto* workers = context->device()->tensorflow_cpu_worker_threads()->workers;
+    const int64 row = 2 * int64(g.in_pairs());
+    tensorflow::Tensor u_buffer, scratch;
+    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_UINT16,
+                                                   {16 * row * g.out_padded()}, &u_buffer));
+    auto* u = u_buffer.flat<uint16_t>().data();
+    const auto* w = reinterpret_cast<const bf16_bits*>(filter.tensor_data().data());
+    workers->ParallelFor(g.in_pairs(), int64(g.out) * 400, [&](int64 first, int64 last) {
+      transform_filter_pairs(g, w, u, first, last);
+    });
+    const int shards = shards_for(context, g.blocks());
+    // V in bfloat16 (an odd channel count's last pair padded with a zero), then M in float32.
+    const int64 v_values = 16 * int64(kTileBlock) * row;
+    const int64 shard_bytes = v_values * 2 + g.out_values() * 4;
+    OP_REQUIRES_OK(context, context->allocate_temp(tensorflow::DT_UINT8,
+                                                   {shards * shard_bytes}, &scratch));
+    auto* bytes = scratch.flat<uint8_t>().data();
+    std::memset(bytes, 0, shards * shard_bytes);
+    const auto* xd = reinterpret_cast<const bf16_bits*>(x.tensor_data().data());
+    auto* yd = reinterpret_cast<bf16_bits*>(const_cast<char*>(y->tensor_data().data()));
+    workers->ParallelFor(shards, int64(1) << 40, [&](int64 begin, int64 end) {
+      for (int64 s = begin; s < end; ++s) {
+        auto* v = reinterpret_cast<bf16_bits*>(bytes + s * shard_bytes);
+        auto* m = reinterpret_cast<float*>(bytes + s * shard_bytes + v_values * 2);
+        for (int64 b = g.blocks() * s / shards; b < g.blocks() * (s + 1) / shards; ++b) {
+          const int64 first = b * kTileBlock;
+          const int count = int(std::min<int64>(kTileBlock, g.tiles() - first));
+          transform_input(g, xd, first, count, v, row);
+          multiply_pairs(g, v, u, m);
+          transform_output(g, m, first, count, yd);
+        }
+      }
+    });
+  }
+};
+
 }  // namespace
 
 REGISTER_OP("WinogradConv3x3")
@@ -547,3 +703,18 @@ REGISTER_OP("WinogradConv3x3FilterGrad")
 
 REGISTER_KERNEL_BUILDER(Name("WinogradConv3x3FilterGrad").Device(tensorflow::DEVICE_CPU),
                         WinogradConv3x3FilterGradOp);
+
+REGISTER_OP("Bf16WinogradConv3x3")
+    .Input("input: bfloat16")
+    .Input("filter: bfloat16")
+    .Output("output: bfloat16")
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
+      tensorflow::shape_inference::ShapeHandle x, filter;
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
+      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 4, &filter));
+      c->set_output(0, c->MakeShape({c->Dim(x, 0), c->Dim(x, 1), c->Dim(x, 2), c->Dim(filter, 3)}));
+      return tensorflow::OkStatus();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("Bf16WinogradConv3x3").Device(tensorflow::DEVICE_CPU),
+                        Bf16WinogradConv3x3Op);
