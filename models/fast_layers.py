@@ -16,9 +16,10 @@ These give the same numbers in far fewer passes over memory:
   (models/native, docs/performance.md "A native weight gradient"); elsewhere, on small
   maps, nine matrix products, one per kernel offset (docs/performance.md, "The bfloat16
   weight gradient"). In float32, on CPUs with AVX-512 and no AMX, its 3x3 convs and both
-  their gradients are Winograd's F(2x2, 3x3) (models/native, docs/performance.md
-  "Winograd in float32"). Its bfloat16 bias gradient under a frozen kernel is summed in
-  float32 (`bias_add`).
+  their gradients are Winograd's F(2x2, 3x3); in bfloat16, on the CPUs that take the
+  native ops, the wide layers' forward conv and input gradient are (models/native,
+  docs/performance.md "Winograd convolutions"). Its bfloat16 bias gradient under a frozen
+  kernel is summed in float32 (`bias_add`).
 - `Dense`: Keras's Dense whose bfloat16 bias gradient is summed in float32 too.
 """
 
@@ -270,7 +271,7 @@ def native_pays(in_channels: int, out_channels: int) -> bool:
 
 
 # Where the float32 Winograd convs beat oneDNN's (forward, input and weight gradient, each
-# alone, on a Zen 4; docs/performance.md "Winograd in float32"): maps of 7x7 px and more,
+# alone, on a Zen 4; docs/performance.md "Winograd convolutions"): maps of 7x7 px and more,
 # with the airbench94 and medium nets' channels (24 -> 48 at the fewest). On 3x3 maps a 2x2
 # tile covers 4x4 px for 9 real ones, and oneDNN wins.
 _WINOGRAD_MIN_MAP = 7
@@ -454,9 +455,10 @@ class Conv2D(keras.layers.Conv2D):
     """`keras.layers.Conv2D` (same weights, config and forward pass) whose weight gradient,
     in bfloat16 on a CPU for a stride-1 "same" layer with an odd square kernel, is the
     native op where this CPU takes it and `native_pays`, else `shifted_products` where
-    `shifted_products_pay` (`weight_gradient` names the choice). In float32 on a CPU that
-    takes the Winograd ops, a 3x3 layer where `winograd_pays` runs its conv and both
-    gradients through them (`takes_winograd`; the same values to float32's rounding).
+    `shifted_products_pay` (`weight_gradient` names the choice). On a CPU that takes the
+    Winograd ops, a 3x3 layer where `winograd_pays` runs through them (`takes_winograd`,
+    `winograd_passes`): in float32 its conv and both gradients (the same values to
+    float32's rounding), in bfloat16 its conv and input gradient.
     Everything else, the GPU and XLA included, takes the stock kernels. Its bias, in
     bfloat16 on a CPU under a frozen kernel (the whitening stem), is added by `bias_add`,
     whose gradient is summed in float32. A trained kernel needs no such help: grappler
@@ -470,8 +472,9 @@ class Conv2D(keras.layers.Conv2D):
         return _biased(self, self.convolution_op(inputs, self.kernel))
 
     def takes_winograd(self, inputs) -> bool:
-        """Whether this layer convolves `inputs` with the Winograd ops: float32 on a CPU
-        that takes them, outside XLA, a stride-1 "same" 3x3 conv where `winograd_pays`."""
+        """Whether this layer convolves `inputs` with the Winograd ops: float32 or bfloat16
+        on a CPU that takes them in that dtype, outside XLA, a stride-1 "same" 3x3 conv
+        where `winograd_pays`."""
         return (
             inputs.dtype in (tf.float32, tf.bfloat16)
             and not tf.config.list_logical_devices("GPU")
