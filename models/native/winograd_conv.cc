@@ -422,8 +422,8 @@ void transform_filter_pairs(const Geometry& g, const bf16_bits* filter, bf16_bit
       }
       for (int p = 0; p < 16; ++p) {
         const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(values[1][p], values[0][p]);
-        bf16_bits* to = u + ((int64(p) * g.out_blocks() + f0 / kCols) * g.in_pairs() + q) * 2 * kCols +
-                        2 * (f0 % kCols);
+        const int64 row = (int64(p) * g.out_blocks() + f0 / kCols) * g.in_pairs() + q;
+        bf16_bits* to = u + row * 2 * kCols + 2 * (f0 % kCols);
         _mm512_storeu_si512(to, _mm512_permutexvar_epi16(interleave, both));
       }
     }
@@ -671,6 +671,17 @@ class Bf16WinogradConv3x3Op : public tensorflow::OpKernel {
   }
 };
 
+// The ops' shapes: NHWC input and 3x3 HWIO filter -> NHWC output whose channels are the
+// filter's axis `channels` (3, its outputs; 2, its inputs, for the input gradient).
+tensorflow::Status conv_shape(tensorflow::shape_inference::InferenceContext* c, int channels) {
+  tensorflow::shape_inference::ShapeHandle x, filter;
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
+  TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 4, &filter));
+  c->set_output(0, c->MakeShape({c->Dim(x, 0), c->Dim(x, 1), c->Dim(x, 2),
+                                 c->Dim(filter, channels)}));
+  return tensorflow::OkStatus();
+}
+
 }  // namespace
 
 REGISTER_OP("WinogradConv3x3")
@@ -681,12 +692,7 @@ REGISTER_OP("WinogradConv3x3")
     .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
       bool input_gradient;
       TF_RETURN_IF_ERROR(c->GetAttr("input_gradient", &input_gradient));
-      tensorflow::shape_inference::ShapeHandle x, filter;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 4, &filter));
-      c->set_output(0, c->MakeShape({c->Dim(x, 0), c->Dim(x, 1), c->Dim(x, 2),
-                                     c->Dim(filter, input_gradient ? 2 : 3)}));
-      return tensorflow::OkStatus();
+      return conv_shape(c, input_gradient ? 2 : 3);
     });
 
 REGISTER_KERNEL_BUILDER(Name("WinogradConv3x3").Device(tensorflow::DEVICE_CPU),
@@ -711,13 +717,7 @@ REGISTER_OP("Bf16WinogradConv3x3")
     .Input("input: bfloat16")
     .Input("filter: bfloat16")
     .Output("output: bfloat16")
-    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) {
-      tensorflow::shape_inference::ShapeHandle x, filter;
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(0), 4, &x));
-      TF_RETURN_IF_ERROR(c->WithRank(c->input(1), 4, &filter));
-      c->set_output(0, c->MakeShape({c->Dim(x, 0), c->Dim(x, 1), c->Dim(x, 2), c->Dim(filter, 3)}));
-      return tensorflow::OkStatus();
-    });
+    .SetShapeFn([](tensorflow::shape_inference::InferenceContext* c) { return conv_shape(c, 3); });
 
 REGISTER_KERNEL_BUILDER(Name("Bf16WinogradConv3x3").Device(tensorflow::DEVICE_CPU),
                         Bf16WinogradConv3x3Op);
