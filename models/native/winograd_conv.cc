@@ -135,8 +135,7 @@ void transform_filter(const Geometry& g, const float* filter, bool input_gradien
       for (int i = 0; i < 3; ++i)
         for (int j = 0; j < 3; ++j) {
           if (!input_gradient) {
-            tap[i][j] =
-                _mm512_maskz_loadu_ps(m, filter + ((int64(i) * 3 + j) * g.in + c) * g.out + f0);
+            tap[i][j] = load16(filter + ((int64(i) * 3 + j) * g.in + c) * g.out + f0, m);
           } else {
             const float* base = filter + (int64(2 - i) * 3 + (2 - j)) * g.out * g.in + c;
             const __m512i at = _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(f0), lane),
@@ -330,7 +329,7 @@ void transform_gradient(const Geometry& g, const float* dy, int64 first, int cou
         for (int j = 0; j < 2; ++j) {
           const int r = tile.row + i, s = tile.col + j;
           d[i][j] = r < g.height && s < g.width
-                        ? _mm512_maskz_loadu_ps(m, image + (int64(r) * g.width + s) * g.out + f0)
+                        ? load16(image + (int64(r) * g.width + s) * g.out + f0, m)
                         : _mm512_setzero_ps();
         }
       __m512 rows[2][4];  // A dy, by columns
@@ -491,6 +490,35 @@ int shards_for(tensorflow::OpKernelContext* context, int64 blocks) {
   return int(std::max<int64>(1, std::min<int64>(workers->NumThreads(), blocks)));
 }
 
+// A forward op's filter: 3x3, its axis `in_axis` (2 for the conv; 3 for the input
+// gradient, which reads the forward filter's outputs as its inputs) matching x's channels.
+tensorflow::Status check_filter(const tensorflow::Tensor& x, const tensorflow::Tensor& filter,
+                                int in_axis) {
+  if (filter.dim_size(0) == 3 && filter.dim_size(1) == 3 &&
+      filter.dim_size(in_axis) == x.dim_size(3))
+    return tensorflow::OkStatus();
+  return tensorflow::errors::InvalidArgument(
+      "expected a 3x3 filter whose ", in_axis == 3 ? "output" : "input",
+      " channels match the input's ", x.dim_size(3), ", got filter ",
+      filter.shape().DebugString());
+}
+
+// block(shard, first tile, tile count) over every block of tiles, each of `shards` threads
+// taking a contiguous share (one unit per shard: a cost this high makes ParallelFor give
+// each its own thread).
+template <typename Block>
+void over_tile_blocks(tensorflow::OpKernelContext* context, const Geometry& g, int shards,
+                      Block block) {
+  auto* workers = context->device()->tensorflow_cpu_worker_threads()->workers;
+  workers->ParallelFor(shards, int64(1) << 40, [&](int64 begin, int64 end) {
+    for (int64 s = begin; s < end; ++s)
+      for (int64 b = g.blocks() * s / shards; b < g.blocks() * (s + 1) / shards; ++b) {
+        const int64 first = b * kTileBlock;
+        block(s, first, int(std::min<int64>(kTileBlock, g.tiles() - first)));
+      }
+  });
+}
+
 class WinogradConv3x3Op : public tensorflow::OpKernel {
  public:
   explicit WinogradConv3x3Op(tensorflow::OpKernelConstruction* context) : OpKernel(context) {
@@ -504,13 +532,7 @@ class WinogradConv3x3Op : public tensorflow::OpKernel {
     // The forward filter is [3][3][in][out]; the input gradient's input is the output's
     // gradient, so it reads the forward filter's out as its in.
     const int in_axis = input_gradient_ ? 3 : 2;
-    OP_REQUIRES(context,
-                filter.dim_size(0) == 3 && filter.dim_size(1) == 3 &&
-                    filter.dim_size(in_axis) == x.dim_size(3),
-                tensorflow::errors::InvalidArgument(
-                    "expected a 3x3 filter whose ", input_gradient_ ? "output" : "input",
-                    " channels match the input's ", x.dim_size(3), ", got filter ",
-                    filter.shape().DebugString()));
+    OP_REQUIRES_OK(context, check_filter(x, filter, in_axis));
     const Geometry g{int(x.dim_size(0)), int(x.dim_size(1)), int(x.dim_size(2)),
                      int(x.dim_size(3)), int(filter.dim_size(5 - in_axis))};
     tensorflow::Tensor* y = nullptr;
@@ -535,19 +557,12 @@ class WinogradConv3x3Op : public tensorflow::OpKernel {
     const float* xd = x.flat<float>().data();
     float* yd = y->flat<float>().data();
     float* buffers = scratch.flat<float>().data();
-    // One unit per shard: a cost this high makes ParallelFor give each its own thread.
-    workers->ParallelFor(shards, int64(1) << 40, [&](int64 begin, int64 end) {
-      for (int64 s = begin; s < end; ++s) {
-        float* v = buffers + s * shard;
-        float* m = v + 16 * int64(kTileBlock) * g.in;
-        for (int64 b = g.blocks() * s / shards; b < g.blocks() * (s + 1) / shards; ++b) {
-          const int64 first = b * kTileBlock;
-          const int count = int(std::min<int64>(kTileBlock, g.tiles() - first));
-          transform_input(g, xd, first, count, v, g.in);
-          multiply(g, v, u, m);
-          transform_output(g, m, first, count, yd);
-        }
-      }
+    over_tile_blocks(context, g, shards, [&](int64 s, int64 first, int count) {
+      float* v = buffers + s * shard;
+      float* m = v + 16 * int64(kTileBlock) * g.in;
+      transform_input(g, xd, first, count, v, g.in);
+      multiply(g, v, u, m);
+      transform_output(g, m, first, count, yd);
     });
   }
 
@@ -587,22 +602,16 @@ class WinogradConv3x3FilterGradOp : public tensorflow::OpKernel {
     std::memset(buffers, 0, shards * shard * sizeof(float));
     const float* xd = x.flat<float>().data();
     const float* yd = dy.flat<float>().data();
-    auto* workers = context->device()->tensorflow_cpu_worker_threads()->workers;
-    workers->ParallelFor(shards, int64(1) << 40, [&](int64 begin, int64 end) {
-      for (int64 s = begin; s < end; ++s) {
-        float* partial = buffers + s * shard;
-        float* v = partial + sums;
-        float* z = v + inputs;
-        for (int64 b = g.blocks() * s / shards; b < g.blocks() * (s + 1) / shards; ++b) {
-          const int64 first = b * kTileBlock;
-          const int count = int(std::min<int64>(kTileBlock, g.tiles() - first));
-          transform_input(g, xd, first, count, v, g.in_padded());
-          transform_gradient(g, yd, first, count, z);
-          multiply_over_tiles(g, v, z, partial);
-        }
-      }
+    over_tile_blocks(context, g, shards, [&](int64 s, int64 first, int count) {
+      float* partial = buffers + s * shard;
+      float* v = partial + sums;
+      float* z = v + inputs;
+      transform_input(g, xd, first, count, v, g.in_padded());
+      transform_gradient(g, yd, first, count, z);
+      multiply_over_tiles(g, v, z, partial);
     });
     float* out = dw->flat<float>().data();
+    auto* workers = context->device()->tensorflow_cpu_worker_threads()->workers;
     workers->ParallelFor(g.in, int64(g.out) * 100 * shards, [&](int64 first, int64 last) {
       finish_filter_gradient(g, buffers, shards, shard, out, first, last);
     });
@@ -623,12 +632,7 @@ class Bf16WinogradConv3x3Op : public tensorflow::OpKernel {
     const tensorflow::Tensor& x = context->input(0);
     const tensorflow::Tensor& filter = context->input(1);
     OP_REQUIRES_OK(context, check_nhwc(x, filter, "input and filter"));
-    OP_REQUIRES(context,
-                filter.dim_size(0) == 3 && filter.dim_size(1) == 3 &&
-                    filter.dim_size(2) == x.dim_size(3),
-                tensorflow::errors::InvalidArgument(
-                    "expected a 3x3 filter whose input channels match the input's ",
-                    x.dim_size(3), ", got filter ", filter.shape().DebugString()));
+    OP_REQUIRES_OK(context, check_filter(x, filter, 2));
     const Geometry g{int(x.dim_size(0)), int(x.dim_size(1)), int(x.dim_size(2)),
                      int(x.dim_size(3)), int(filter.dim_size(3))};
     tensorflow::Tensor* y = nullptr;
@@ -655,18 +659,12 @@ class Bf16WinogradConv3x3Op : public tensorflow::OpKernel {
     std::memset(bytes, 0, shards * shard_bytes);
     const auto* xd = reinterpret_cast<const bf16_bits*>(x.tensor_data().data());
     auto* yd = reinterpret_cast<bf16_bits*>(const_cast<char*>(y->tensor_data().data()));
-    workers->ParallelFor(shards, int64(1) << 40, [&](int64 begin, int64 end) {
-      for (int64 s = begin; s < end; ++s) {
-        auto* v = reinterpret_cast<bf16_bits*>(bytes + s * shard_bytes);
-        auto* m = reinterpret_cast<float*>(bytes + s * shard_bytes + v_values * 2);
-        for (int64 b = g.blocks() * s / shards; b < g.blocks() * (s + 1) / shards; ++b) {
-          const int64 first = b * kTileBlock;
-          const int count = int(std::min<int64>(kTileBlock, g.tiles() - first));
-          transform_input(g, xd, first, count, v, row);
-          multiply_pairs(g, v, u, m);
-          transform_output(g, m, first, count, yd);
-        }
-      }
+    over_tile_blocks(context, g, shards, [&](int64 s, int64 first, int count) {
+      auto* v = reinterpret_cast<bf16_bits*>(bytes + s * shard_bytes);
+      auto* m = reinterpret_cast<float*>(bytes + s * shard_bytes + v_values * 2);
+      transform_input(g, xd, first, count, v, row);
+      multiply_pairs(g, v, u, m);
+      transform_output(g, m, first, count, yd);
     });
   }
 };
