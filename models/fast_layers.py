@@ -388,7 +388,7 @@ def winograd_conv(x, kernel):
     """tf.nn.conv2d(x, kernel, 1, "SAME") for NHWC x and a 3x3 kernel, and both its
     gradients, through `winograd_passes` (models/native). float32 matches TensorFlow's to
     float32's accuracy; bfloat16 rounds the transformed tiles and filters to bfloat16 too
-    (about 2.5 times the stock conv's rounding error, docs/performance.md)."""
+    (a few times the stock conv's rounding error, docs/performance.md)."""
     forward, input_gradient, weight_gradient = winograd_passes(x.dtype)
 
     def grad(upstream):

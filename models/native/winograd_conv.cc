@@ -8,8 +8,8 @@
 //   Bf16WinogradConv3x3(input, filter)         -> the bfloat16 convolution (at the end).
 //
 // Why: a direct conv does 9 multiply-adds per output pixel and channel pair, and oneDNN's
-// already run at 88-100% of the CPU's float32 rate and 84-97% of its bfloat16 rate
-// (docs/performance.md, "Winograd convolutions"). F(2x2, 3x3) computes each 2x2 block of
+// already run close to the CPU's float32 and bfloat16 rates (docs/performance.md,
+// "Winograd convolutions"). F(2x2, 3x3) computes each 2x2 block of
 // outputs from a 4x4 input tile with 16 multiply-adds instead of 36, so the same result
 // costs fewer operations.
 //
@@ -25,9 +25,9 @@
 // and 16 products over the tiles (register blocks of 6 channels x 64 filters).
 //
 // In float32 the arithmetic differs from the direct sum only in rounding: the transforms
-// add and halve, so results match tf.nn.conv2d's to float32's accuracy (relative errors
-// of about 1e-6 on the outputs, tested per layer shape). The bfloat16 op rounds V and U to
-// bfloat16 too: about 2.5 times the stock bfloat16 conv's error.
+// add and halve, so results match tf.nn.conv2d's to float32's accuracy (tested per layer
+// shape). The bfloat16 op rounds V and U to bfloat16 too, so its error is a few times the
+// stock bfloat16 conv's (measured in docs/performance.md, bounded in the tests).
 #include <immintrin.h>
 
 #include <algorithm>
@@ -45,8 +45,7 @@ using tensorflow::int64;
 constexpr int kRows = 6;   // tiles (forward) or channels (filter gradient) per register block
 constexpr int kCols = 64;  // filters per register block: 4 zmm of 16 float32
 // Tiles per block: the block's transforms (16 positions x tiles x channels, twice) stay
-// near the core's L2. Measured on the airbench94 layers (docs/performance.md): 24-96 tiles
-// alike within the machine's noise, 48 a little ahead in bfloat16; 192 and 384 slower.
+// near the core's L2; the block sizes measured are in docs/performance.md.
 constexpr int kTileBlock = 48;
 
 // A stride-1 "same" 3x3 conv of `in` channels into `out`, over 2x2 output tiles.
